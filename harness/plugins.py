@@ -1,0 +1,190 @@
+"""Plugin loading and the component registry.
+
+Built-in components live in the top-level ``plugins`` package and are loaded exactly like
+third-party ones: each module implements hooks from ``harness.hookspecs``. Installed packages
+contribute plugins through the ``retrieval_harness`` entry-point group::
+
+    [project.entry-points.retrieval_harness]
+    my_heads = "my_package.heads"
+
+``HARNESS_LOAD_PLUGINS`` limits autoload: unset loads every entry point, an empty value loads
+none, ``a,b`` loads only the entry points named ``a`` and ``b``. Built-ins always load.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+import pluggy
+
+from harness import hookspecs
+
+ENTRY_POINT_GROUP = "retrieval_harness"
+LOAD_ENV = "HARNESS_LOAD_PLUGINS"
+KINDS = ("encoders", "datasets", "heads", "losses", "checks")
+DEFAULT_PLUGINS = (
+    "plugins.encoders",
+    "plugins.datasets",
+    "plugins.heads.identity",
+    "plugins.heads.asymmetric",
+    "plugins.heads.respred",
+    "plugins.heads.isopred",
+    "plugins.heads.barlow",
+    "plugins.losses",
+    "plugins.checks",
+)
+
+
+class PluginError(Exception):
+    """A plugin is broken or a component name is wrong; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class Component:
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        doc = self.info.get("description") or (self.factory.__doc__ or "")
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry:
+    """Every component of every kind, with the plugin that registered it."""
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self.pm = pm
+        self._components: dict[str, dict[str, Component]] = {}
+
+    def components(self, kind: str) -> dict[str, Component]:
+        if kind not in KINDS:
+            raise PluginError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
+        if kind not in self._components:
+            self._components[kind] = self._collect(kind)
+        return self._components[kind]
+
+    def get(self, kind: str, name: str) -> Component:
+        found = self.components(kind)
+        if name in found:
+            return found[name]
+        singular = kind[:-1]
+        close = difflib.get_close_matches(name, list(found), n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        known = ", ".join(sorted(found)) or "none"
+        raise PluginError(
+            f"unknown {singular} {name!r}.{hint} Registered {kind}: {known}. "
+            f"Run `harness plugins` to see which plugin provides each."
+        )
+
+    def _collect(self, kind: str) -> dict[str, Component]:
+        hook_name = f"register_{kind}"
+        caller = getattr(self.pm.hook, hook_name)
+        found: dict[str, Component] = {}
+        # Oldest registration first, so a duplicate is reported against the plugin that came first.
+        for impl in reversed(caller.get_hookimpls()):
+            plugin = impl.plugin_name
+
+            def register(name: str, factory: Callable[..., Any], **info: Any) -> None:
+                if not isinstance(name, str) or not name:
+                    raise PluginError(f"plugin {plugin!r} registered a {kind[:-1]} with an empty or non-string name")
+                if name in found:
+                    raise PluginError(
+                        f"{kind[:-1]} {name!r} is registered twice: by plugin {found[name].plugin!r} "
+                        f"and by plugin {plugin!r}. Rename one of them, or limit autoload with "
+                        f"{LOAD_ENV}=<comma-separated entry points>."
+                    )
+                found[name] = Component(kind, name, factory, plugin, info)
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:  # a plugin's own bug: say whose
+                raise PluginError(
+                    f"plugin {plugin!r} raised {type(exc).__name__} in hook {hook_name}: {exc}"
+                ) from exc
+        return found
+
+
+def _selected_entry_points():
+    eps = list(entry_points(group=ENTRY_POINT_GROUP))
+    wanted = os.environ.get(LOAD_ENV)
+    if wanted is None:
+        return eps
+    names = {n.strip() for n in wanted.split(",") if n.strip()}
+    missing = names - {ep.name for ep in eps}
+    if missing:
+        raise PluginError(
+            f"{LOAD_ENV} names entry points that are not installed: {', '.join(sorted(missing))}. "
+            f"Installed in group {ENTRY_POINT_GROUP!r}: {', '.join(sorted(ep.name for ep in eps)) or 'none'}."
+        )
+    return [ep for ep in eps if ep.name in names]
+
+
+def _register(pm: pluggy.PluginManager, module: Any, name: str, origin: str) -> None:
+    try:
+        pm.register(module, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r} ({origin}) has an invalid hook implementation: {exc}") from exc
+    except ValueError as exc:  # pluggy: the same name or object registered twice
+        raise PluginError(f"plugin {name!r} ({origin}) cannot be registered: {exc}") from exc
+
+
+def _check_pending(pm: pluggy.PluginManager) -> None:
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        hooks = [n for n in dir(hookspecs) if n.startswith("register_")]
+        bad = [n for n in dir(exc.plugin) if n.startswith("register") and n not in hooks]
+        guesses = [g for n in bad for g in difflib.get_close_matches(n, hooks, n=1)]
+        hint = f" Did you mean {', '.join(guesses)}?" if guesses else ""
+        raise PluginError(
+            f"plugin {pm.get_name(exc.plugin)!r} implements a hook that does not exist: "
+            f"{', '.join(bad) or exc}.{hint} Hooks are: {', '.join(hooks)}."
+        ) from exc
+
+
+def build_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:
+    """A fresh plugin manager with built-ins, selected entry points and ``extra_plugins``."""
+    pm = pluggy.PluginManager("harness")
+    pm.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        _register(pm, importlib.import_module(module_name), module_name, "built-in")
+    for ep in _selected_entry_points():
+        origin = f"entry point {ep.name!r} of {ep.dist.name if ep.dist else 'an unknown distribution'}"
+        try:
+            module = ep.load()
+        except Exception as exc:
+            raise PluginError(f"could not load plugin {ep.name!r} ({origin}, {ep.value}): {type(exc).__name__}: {exc}") from exc
+        _register(pm, module, ep.name, origin)
+    for plugin in extra_plugins:
+        _register(pm, plugin, getattr(plugin, "__name__", repr(plugin)), "passed in")
+    _check_pending(pm)
+    return Registry(pm)
+
+
+_registry: Registry | None = None
+
+
+def registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _registry
+    if _registry is None:
+        _registry = build_registry()
+    return _registry
+
+
+def get(kind: str, name: str) -> Component:
+    return registry().get(kind, name)
+
+
+def components(kind: str) -> dict[str, Component]:
+    return registry().components(kind)

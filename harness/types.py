@@ -1,0 +1,182 @@
+"""The interfaces a plugin's components satisfy.
+
+Encoders turn text into vectors; datasets hold BEIR-format corpora; heads are ``torch.nn.Module``
+subclasses trained on top of frozen encoder embeddings; losses score a head's output; checks read a
+trained candidate's telemetry and scores and return a verdict.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import nn
+
+Similarity = Literal["cos", "dot"]
+SIMILARITIES: tuple[str, ...] = ("cos", "dot")
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """A text encoder. ``fingerprint`` identifies its weights; it keys the embedding cache."""
+
+    name: str
+    dim: int
+    max_length: int
+    similarity: Similarity
+    dtype: str
+
+    def fingerprint(self) -> str: ...
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64, description: str = "") -> torch.Tensor: ...
+
+
+@dataclass
+class Split:
+    """One split of a BEIR dataset: only query *text* is kept (no metadata, no labels)."""
+
+    corpus: dict[str, dict[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    name: str
+    path: Path
+
+    def splits(self) -> list[str]: ...
+
+    def load(self, split: str) -> Split: ...
+
+    def file_hashes(self, split: str) -> dict[str, str]: ...
+
+
+@dataclass
+class HeadOutput:
+    """What a head returns for a batch of (query, positive document) embedding pairs.
+
+    ``query`` and ``doc`` are the vectors that are scored against each other at retrieval time.
+    ``aux`` carries head-specific tensors that losses and telemetry read:
+    ``"delta"`` (the raw residual), ``"alpha"`` (its scale) and ``"correction"`` (what was added
+    to the input) for residual heads; ``"projection_q"``/``"projection_d"`` for pretraining heads.
+    """
+
+    query: torch.Tensor
+    doc: torch.Tensor
+    input_query: torch.Tensor
+    input_doc: torch.Tensor
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Head(nn.Module):
+    """Base class of trainable heads. Subclasses set ``similarity`` and implement the two encoders.
+
+    ``similarity`` is how the head is trained and scored: ``"cos"`` (vectors are L2-normalised before
+    scoring) or ``"dot"`` (raw inner products). Retrieval uses exactly this, so train and eval agree.
+    """
+
+    similarity: Similarity = "cos"
+    trainable: bool = True
+
+    def __init__(self, dim: int, **options: Any):
+        super().__init__()
+        self.dim = dim
+
+    def encode_queries(self, q: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_docs(self, d: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, q: torch.Tensor, d: torch.Tensor) -> HeadOutput:
+        return HeadOutput(self.encode_queries(q), self.encode_docs(d), q, d)
+
+
+class Loss(Protocol):
+    """``loss(out) -> scalar``. A loss may also expose ``scores(out) -> (B, B)`` similarity matrix,
+    the positives on its diagonal, which telemetry reports as "positive/negative similarity"."""
+
+    def __call__(self, out: HeadOutput) -> torch.Tensor: ...
+
+
+@dataclass
+class CheckResult:
+    """A check's verdict: the measured value against its bound, and if failing, why and what to do."""
+
+    check: str
+    passed: bool
+    measured: Any = None
+    bound: Any = None
+    epoch: int | None = None
+    message: str = ""
+    cause: str = ""
+    fix: str = ""
+    details: dict = field(default_factory=dict)
+
+
+class Check(Protocol):
+    """A gate check. ``run(candidate, **thresholds) -> CheckResult``; ``defaults`` are its thresholds."""
+
+    name: str
+    description: str
+    defaults: dict
+
+    def run(self, candidate: Any, **thresholds: Any) -> CheckResult: ...
+
+
+# -- training telemetry: written by harness.train, read by checks, reports and plots ------------------
+@dataclass
+class EpochRecord:
+    """Telemetry of one epoch (epoch 0 is the untrained head, before any step).
+
+    Norms are of the vectors the head scores (``HeadOutput.query``/``.doc``) on a fixed probe batch of
+    training pairs; ``pos_sim``/``neg_sim`` are the mean diagonal / off-diagonal of the similarity the
+    loss uses (raw dot for ``infonce_dot``, cosine otherwise). ``residual`` is present for heads that
+    emit ``aux["correction"]``: delta_mean, delta_max, alpha, correction_abs_mean, correction_rel
+    (= mean |correction| norm / mean input-query norm). ``ndcg10``/``per_query_ndcg10``/``top10_overlap``
+    are keyed by evaluation dataset name; ``top10_overlap`` is the mean fraction of each query's top 10
+    shared with the frozen encoder's top 10.
+    """
+
+    epoch: int
+    loss: dict[str, float] = field(default_factory=dict)  # "total" and each component, unweighted
+    q_norm: dict[str, float] = field(default_factory=dict)  # mean, max, std
+    d_norm: dict[str, float] = field(default_factory=dict)
+    pos_sim: float = float("nan")
+    neg_sim: float = float("nan")
+    grad_norm: float = float("nan")
+    residual: dict[str, float] | None = None
+    rankme: float = float("nan")
+    alignment: float = float("nan")
+    uniformity: float = float("nan")
+    ndcg10: dict[str, float] = field(default_factory=dict)
+    per_query_ndcg10: dict[str, dict[str, float]] = field(default_factory=dict)
+    top10_overlap: dict[str, float] = field(default_factory=dict)
+    steps: list[dict[str, float]] = field(default_factory=list)  # samples within the epoch
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainRun:
+    """A trained candidate: its configuration, per-epoch telemetry, and the frozen baseline it started from."""
+
+    config: dict
+    similarity: str
+    epochs: list[EpochRecord]
+    baseline_ndcg10: dict[str, float] = field(default_factory=dict)
+    baseline_per_query_ndcg10: dict[str, dict[str, float]] = field(default_factory=dict)
+    baseline_rankme: float = float("nan")
+    checkpoint: str | None = None
+    telemetry_path: str | None = None
+
+    @property
+    def best_epoch(self) -> EpochRecord:
+        """The epoch with the highest mean eval NDCG@10: chosen by the end task, never by the loss."""
+        scored = [e for e in self.epochs if e.ndcg10]
+        return max(scored, key=lambda e: sum(e.ndcg10.values()) / len(e.ndcg10)) if scored else self.epochs[-1]
+
+    @property
+    def last_epoch(self) -> EpochRecord:
+        return self.epochs[-1]

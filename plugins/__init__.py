@@ -1,0 +1,1 @@
+"""Built-in plugins. Each module implements hooks from ``harness.hookspecs``, like any external plugin."""

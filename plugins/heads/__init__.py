@@ -1,0 +1,1 @@
+"""Built-in heads: one file each, registered through ``register_heads`` like any external head."""
