@@ -89,7 +89,7 @@ class Registry:
         caller = getattr(self.pm.hook, hook_name)
         found: dict[str, Component] = {}
         # Oldest registration first, so a duplicate is reported against the plugin that came first.
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():
             plugin = impl.plugin_name
 
             def register(name: str, factory: Callable[..., Any], **info: Any) -> None:

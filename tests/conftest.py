@@ -1,0 +1,56 @@
+"""Shared fixtures: real BEIR data and real encoders, embeddings cached once per machine (HARNESS_CACHE_DIR)."""
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HARNESS_DATA_DIR", str(ROOT.parent / "shared" / "data" / "beir"))
+os.environ.setdefault("HARNESS_CACHE_DIR", str(ROOT / ".cache"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Path(os.environ["HARNESS_DATA_DIR"])
+    if not (path / "scifact" / "corpus.jsonl").is_file():
+        pytest.fail(f"BEIR data not found in {path}: set HARNESS_DATA_DIR to the folder holding scifact/ and nfcorpus/")
+    return path
+
+
+@pytest.fixture(scope="session")
+def scifact(data_dir):
+    from harness.cli import make_dataset
+
+    return make_dataset("scifact", str(data_dir))
+
+
+@pytest.fixture(scope="session")
+def nfcorpus(data_dir):
+    from harness.cli import make_dataset
+
+    return make_dataset("nfcorpus", str(data_dir))
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from harness.cli import make_encoder
+
+    return make_encoder("minilm", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def mpnet():
+    from harness.cli import make_encoder
+
+    return make_encoder("mpnet", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def real_texts(scifact, nfcorpus):
+    """Real queries and documents of mixed lengths, some past the max sequence length."""
+    from harness.data import doc_text
+
+    sf, nf = scifact.load("test"), nfcorpus.load("test")
+    docs = [doc_text(d) for d in list(sf.corpus.values())[:12] + list(nf.corpus.values())[:12]]
+    queries = list(sf.queries.values())[:8] + list(nf.queries.values())[:8]
+    return queries + docs

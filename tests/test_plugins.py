@@ -1,0 +1,65 @@
+"""Plugin errors name the culprit: duplicates, unknown names, exceptions inside hooks, misspelled hooks."""
+import types
+
+import pytest
+
+from harness import hookimpl
+from harness.plugins import PluginError, build_registry, components
+
+
+def plugin(name, **hooks):
+    module = types.ModuleType(name)
+    for hook_name, fn in hooks.items():
+        setattr(module, hook_name, hookimpl(fn))
+    return module
+
+
+def test_builtins_are_plugins():
+    heads = components("heads")
+    assert heads["identity"].plugin == "plugins.heads.identity"
+    assert components("encoders")["mpnet"].plugin == "plugins.encoders"
+
+
+def test_duplicate_name_names_both_plugins():
+    def register_heads(register):
+        register("identity", object)
+
+    with pytest.raises(PluginError, match=r"head 'identity' is registered twice: by plugin 'plugins.heads.identity' and by plugin 'my_heads'"):
+        build_registry((plugin("my_heads", register_heads=register_heads),)).components("heads")
+
+
+def test_unknown_name_lists_close_matches_and_what_exists():
+    with pytest.raises(PluginError) as info:
+        build_registry().get("encoders", "minlm")
+    assert "Did you mean 'minilm'?" in str(info.value)
+    assert "Registered encoders: minilm, mpnet" in str(info.value)
+
+
+def test_exception_inside_a_plugin_names_plugin_and_hook():
+    def register_losses(register):
+        raise RuntimeError("boom")
+
+    with pytest.raises(PluginError, match=r"plugin 'broken_losses' raised RuntimeError in hook register_losses: boom"):
+        build_registry((plugin("broken_losses", register_losses=register_losses),)).components("losses")
+
+
+def test_misspelled_hook_is_reported_by_check_pending():
+    def register_head(register):  # missing "s"
+        register("x", object)
+
+    with pytest.raises(PluginError, match=r"'typo_plugin' implements a hook that does not exist: register_head\. Did you mean register_heads\?"):
+        build_registry((plugin("typo_plugin", register_head=register_head),))
+
+
+def test_wrong_hook_arguments_are_reported():
+    def register_heads(reg):
+        pass
+
+    with pytest.raises(PluginError, match=r"plugin 'bad_args' .* invalid hook implementation"):
+        build_registry((plugin("bad_args", register_heads=register_heads),))
+
+
+def test_unknown_entry_point_in_load_env(monkeypatch):
+    monkeypatch.setenv("HARNESS_LOAD_PLUGINS", "no_such_plugin")
+    with pytest.raises(PluginError, match="HARNESS_LOAD_PLUGINS names entry points that are not installed: no_such_plugin"):
+        build_registry()
