@@ -1,1 +1,51 @@
-"""Placeholder: implemented in the heads issue."""
+"""Asymmetric projections (seed 002's AsymmetricProjectionModel): one projection for queries, another for documents."""
+import torch
+from torch import nn
+
+from harness import hookimpl
+from harness.types import SIMILARITIES, Head
+
+
+def projection(dim: int, out_dim: int, hidden: int | None, init: str) -> nn.Module:
+    if hidden:
+        return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+    layer = nn.Linear(dim, out_dim)
+    if init == "identity":
+        if out_dim != dim:
+            raise ValueError(f"asymmetric: init='identity' needs out_dim == dim ({dim}), got {out_dim}")
+        nn.init.eye_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+class Asymmetric(Head):
+    """Separate linear (or MLP, ``hidden``) query and document projections of frozen embeddings.
+
+    ``similarity`` is what it is trained and scored with: "dot" (seed 002's original, raw inner products
+    of unnormalised projections) or "cos" (its fix). ``init``: "default" (PyTorch) or "identity".
+    """
+
+    similarity = "dot"
+
+    def __init__(self, dim: int, out_dim: int | None = None, hidden: int | None = None,
+                 init: str = "default", similarity: str = "dot"):
+        super().__init__(dim)
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"asymmetric: similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        if init not in ("default", "identity"):
+            raise ValueError(f"asymmetric: init must be 'default' or 'identity', got {init!r}")
+        self.similarity = similarity
+        out_dim = out_dim or dim
+        self.query_proj = projection(dim, out_dim, hidden, init)
+        self.doc_proj = projection(dim, out_dim, hidden, init)
+
+    def encode_queries(self, q: torch.Tensor) -> torch.Tensor:
+        return self.query_proj(q)
+
+    def encode_docs(self, d: torch.Tensor) -> torch.Tensor:
+        return self.doc_proj(d)
+
+
+@hookimpl
+def register_heads(register):
+    register("asymmetric", Asymmetric)
