@@ -92,6 +92,7 @@ class BeirDataset:
 
 @lru_cache(maxsize=8)
 def _load(path: str, split: str) -> Split:
+    os.environ.setdefault("TQDM_DISABLE", "1")  # beir's own bar; ours is rich
     from beir.datasets.data_loader import GenericDataLoader
 
     logging.getLogger("beir").setLevel(logging.WARNING)

@@ -95,6 +95,10 @@ class TransformerEncoder:
         if self._model is not None:
             return
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_ref)
