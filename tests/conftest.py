@@ -54,3 +54,16 @@ def real_texts(scifact, nfcorpus):
     docs = [doc_text(d) for d in list(sf.corpus.values())[:12] + list(nf.corpus.values())[:12]]
     queries = list(sf.queries.values())[:8] + list(nf.queries.values())[:8]
     return queries + docs
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (MPNet full evaluations)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow (tens of CPU minutes); run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
