@@ -12,7 +12,7 @@ from rich.table import Table
 from harness import __version__
 from harness.plugins import KINDS, PluginError
 
-console = Console()
+console = Console() if Console().is_terminal else Console(width=120)
 err = Console(stderr=True)
 
 DESCRIPTION = """\

@@ -7,6 +7,8 @@ SciFact's query metadata carries gold evidence labels and must never reach a mod
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from functools import lru_cache
@@ -92,12 +94,12 @@ class BeirDataset:
 
 @lru_cache(maxsize=8)
 def _load(path: str, split: str) -> Split:
-    os.environ.setdefault("TQDM_DISABLE", "1")  # beir's own bar; ours is rich
     from beir.datasets.data_loader import GenericDataLoader
 
     logging.getLogger("beir").setLevel(logging.WARNING)
     try:
-        corpus, queries, qrels = GenericDataLoader(data_folder=path).load(split=split)
+        with contextlib.redirect_stderr(io.StringIO()):  # beir's tqdm bar; loading takes under a second
+            corpus, queries, qrels = GenericDataLoader(data_folder=path).load(split=split)
     except Exception as exc:
         raise DatasetError(f"cannot read BEIR folder {path} (split {split!r}): {type(exc).__name__}: {exc}") from exc
     # GenericDataLoader keeps only each query's "text"; keep it that way (no metadata, no labels).

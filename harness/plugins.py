@@ -35,7 +35,14 @@ DEFAULT_PLUGINS = (
     "plugins.heads.isopred",
     "plugins.heads.barlow",
     "plugins.losses",
-    "plugins.checks",
+    "plugins.checks.finite",
+    "plugins.checks.bounded_norms",
+    "plugins.checks.nonzero_residuals",
+    "plugins.checks.no_degradation",
+    "plugins.checks.no_collapse",
+    "plugins.checks.beats_baseline",
+    "plugins.checks.similarity_consistency",
+    "plugins.checks.loss_properties",
 )
 
 

@@ -30,7 +30,9 @@ def norm_stats(x: torch.Tensor) -> dict[str, float]:
 def rankme(x: torch.Tensor, eps: float = 1e-7) -> float:
     """RankMe (Garrido et al. 2023): ``exp(H(p))``, ``p`` the singular values of ``x`` normalised to sum 1
     (``+eps`` as the paper). Between 1 (all rows on a line) and ``min(N, D)``."""
-    s = torch.linalg.svdvals(x.detach().double())
+    x = x.detach().double()
+    gram = x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T  # same non-zero spectrum, small and fast
+    s = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
     p = s / s.sum() + eps
     return math.exp(-(p * p.log()).sum().item())
 
@@ -46,7 +48,8 @@ def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
     """Wang & Isola (2020): ``log E exp(-t ||f(x) - f(y)||^2)`` over distinct pairs of L2-normalised vectors
     (lower = more uniform on the sphere; 0 = all vectors equal)."""
     z = F.normalize(x.detach().double(), dim=-1)
-    sq = torch.pdist(z).pow(2)
+    i, j = torch.triu_indices(len(z), len(z), offset=1)
+    sq = (2 - 2 * z @ z.T)[i, j].clamp_min(0)
     return torch.logsumexp(-t * sq, 0).item() - math.log(sq.numel())
 
 
