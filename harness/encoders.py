@@ -103,7 +103,7 @@ class TransformerEncoder:
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_ref)
             self._model = AutoModel.from_pretrained(self.model_ref).to(self.device).eval()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise EncoderError(
                 f"cannot load encoder {self.name!r} from {self.model_ref!r}: {exc}. Give a local model "
                 f"folder, or a hub name while online."
