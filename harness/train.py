@@ -59,7 +59,8 @@ class TrainConfig:
     data_dir: str | None = None
     probe_pairs: int = 1024  # fixed training pairs that per-epoch telemetry is measured on
     samples_per_epoch: int = 10  # training steps sampled into EpochRecord.steps
-    eval_doc_sample: int = 2000  # documents per eval dataset for RankMe and uniformity
+    eval_doc_sample: int = 1000  # documents per eval dataset for RankMe and uniformity
+    threads: int | None = 1  # torch CPU threads while training (small heads: 1 avoids oversubscription); None = leave as is
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -97,6 +98,8 @@ class TrainConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise bad(key, f"must be an integer >= {low}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise bad("threads", "must be an integer >= 1 or null (leave torch's setting)")
         if self.max_pairs is not None and (isinstance(self.max_pairs, bool) or not isinstance(self.max_pairs, int) or self.max_pairs < 2):
             raise bad("max_pairs", "must be an integer >= 2 or null (all pairs)")
         for key in ("lr", "weight_decay"):
@@ -457,6 +460,16 @@ def train(config: TrainConfig, out_dir: Path | None = None, progress: bool = Tru
         config = TrainConfig.from_dict(config)
     config = copy.deepcopy(config)
     config.validate()
+    threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, out_dir, progress, on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, out_dir: Path | None, progress: bool, on_epoch) -> TrainRun:
     device = _device(config)
     gen = torch.Generator().manual_seed(config.seed)
 
