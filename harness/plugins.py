@@ -82,7 +82,7 @@ class Registry:
         found = self.components(kind)
         if name in found:
             return found[name]
-        singular = kind[:-1]
+        singular = kind[:-2] if kind.endswith("sses") else kind[:-1]  # losses -> loss
         close = difflib.get_close_matches(name, list(found), n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         known = ", ".join(sorted(found)) or "none"
