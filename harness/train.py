@@ -307,14 +307,19 @@ def _encode(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device:
 
 
 def evaluate_head(head: Head, sets: list[EvalSet], device: torch.device, similarity: str | None = None) -> dict:
-    """NDCG@10 (mean and per query), top-10 overlap with the frozen ranking, RankMe, alignment, uniformity."""
+    """NDCG@10 (mean and per query), top-10 overlap with the frozen ranking, RankMe, alignment, uniformity.
+
+    RankMe and uniformity are taken on each side separately (all eval queries; a fixed sample of each
+    corpus), as the head scores them (L2-normalised for cosine heads), and the worse side is reported:
+    the lower RankMe, the higher (less uniform) uniformity. A head that collapses only its query side
+    (a predictor regressing to the mean document) is caught as surely as one that collapses both."""
     from harness.evaluate import score
 
     similarity = similarity or head.similarity
     was_training = head.training
     head.eval()
     out: dict[str, Any] = {"ndcg10": {}, "per_query_ndcg10": {}, "top10_overlap": {}, "runs_top10": {}}
-    rank_rows, qa, da, uni = [], [], [], []
+    qs, dsamp, qa, da = [], [], [], []
     for s in sets:
         q = _encode(head.encode_queries, s.q_emb, device)
         d = _encode(head.encode_docs, s.d_emb, device)
@@ -326,15 +331,14 @@ def evaluate_head(head: Head, sets: list[EvalSet], device: torch.device, similar
         from harness.metrics import rank
 
         out["runs_top10"][s.name] = {qid: rank(docs)[:10] for qid, docs in scores.run.items()}
-        ds = d[s.doc_sample]
-        rows = torch.cat([q, ds])
-        rank_rows.append(F.normalize(rows, dim=-1) if similarity == "cos" else rows)
+        qs.append(q)
+        dsamp.append(d[s.doc_sample])
         qa.append(q[s.pos_q])
         da.append(d[s.pos_d])
-        uni.append(ds)
-    out["rankme"] = tm.rankme(torch.cat(rank_rows))
+    sides = [torch.cat(qs), torch.cat(dsamp)]
+    out["rankme"] = min(tm.rankme(F.normalize(x, dim=-1) if similarity == "cos" else x) for x in sides)
     out["alignment"] = tm.alignment(torch.cat(qa), torch.cat(da))
-    out["uniformity"] = tm.uniformity(torch.cat(uni))
+    out["uniformity"] = max(tm.uniformity(x) for x in sides)
     head.train(was_training)
     return out
 

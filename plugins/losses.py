@@ -51,18 +51,18 @@ class InfoNCECos(InfoNCEDot):
 
 
 def isotropy_of(x: torch.Tensor) -> torch.Tensor:
-    """``sum((C - tr(C)/D I)^2) / tr(C)^2`` for C the covariance of the L2-normalised rows of ``x``.
+    """``||M - I/D||_F^2`` for ``M = z.T @ z / B`` the second-moment matrix of the L2-normalised rows ``z``.
 
-    0 iff the covariance is isotropic; equals ``1/PR - 1/D`` (PR: participation ratio of its spectrum),
-    so it is scale-free and bounded by ``1 - 1/D`` (all variance in one direction). With B < D rows the
-    floor is ``1/(B-1) - 1/D``.
+    ``tr(M) = 1``, so this is ``sum(lambda_i^2) - 1/D`` over M's eigenvalues: 0 iff the directions are
+    isotropic, ``1 - 1/D`` when every row points along one line. Not centred on purpose: a common mean
+    direction (the "narrow cone" of sentence embeddings) and a collapse onto one point both count as
+    anisotropy; a centred covariance would call a collapsed batch with isotropic jitter isotropic.
+    Scale-free. With B < D rows the floor is ``1/B - 1/D``.
     """
     z = F.normalize(x, dim=-1)
-    z = z - z.mean(0, keepdim=True)
-    cov = z.T @ z / max(z.shape[0] - 1, 1)
-    trace = cov.diagonal().sum().clamp_min(1e-12)
-    eye = torch.eye(cov.shape[0], device=x.device, dtype=x.dtype)
-    return ((cov - trace / cov.shape[0] * eye) ** 2).sum() / trace**2
+    m = z.T @ z / z.shape[0]
+    eye = torch.eye(m.shape[0], device=x.device, dtype=x.dtype)
+    return ((m - eye / m.shape[0]) ** 2).sum()
 
 
 class Isotropy:
