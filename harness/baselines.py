@@ -1,0 +1,185 @@
+"""Stored frozen-encoder baselines: mean and per-query NDCG@10 with the provenance they depend on.
+
+One JSON file per encoder, dataset and split: ``baselines/<encoder>/<dataset>-<split>.json``.
+``harness baselines update --encoder minilm --dataset scifact,nfcorpus`` regenerates them: every
+number is computed first, then each file is written to a temporary sibling and swapped in with
+``os.replace``; if anything fails, no file is touched and no temporary file stays behind.
+
+A baseline is only compared with a run whose provenance matches it (encoder weights, dataset file
+hashes, max length, dtype, similarity, split). A mismatch stops with ``ProvenanceError`` naming the
+field, both values and the command that regenerates the baseline.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FORMAT = 1
+BASELINES_ENV = "HARNESS_BASELINES_DIR"
+# Fields that change the numbers: a mismatch in any of them makes a comparison meaningless.
+STRICT_FIELDS = ("encoder", "encoder_sha256", "max_length", "dtype", "similarity", "dataset", "split", "files_sha256")
+
+
+class BaselineError(Exception):
+    """A baseline is missing, unreadable or does not match the run; the message says what to do."""
+
+
+class ProvenanceError(BaselineError):
+    """The stored baseline was computed from something else than what the run uses."""
+
+
+@dataclass
+class Baseline:
+    encoder: str
+    dataset: str
+    split: str
+    ndcg10: float
+    recall100: float
+    n_queries: int
+    per_query_ndcg10: dict[str, float]
+    provenance: dict
+    created: str = ""
+    format: int = FORMAT
+    path: Path | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("path")
+        return d
+
+
+def default_root() -> Path:
+    return Path(os.environ.get(BASELINES_ENV) or "baselines")
+
+
+def baseline_path(root: str | Path, encoder: str, dataset: str, split: str) -> Path:
+    return Path(root) / encoder / f"{dataset}-{split}.json"
+
+
+def update_command(encoder: str, dataset: str, split: str, root: str | Path | None = None) -> str:
+    where = f" --baselines-dir {root}" if root is not None and Path(root) != Path("baselines") else ""
+    return f"harness baselines update --encoder {encoder} --dataset {dataset} --split {split}{where}"
+
+
+def load(root: str | Path, encoder: str, dataset: str, split: str) -> Baseline:
+    path = baseline_path(root, encoder, dataset, split)
+    if not path.is_file():
+        have = sorted(str(p.relative_to(root)) for p in Path(root).glob("*/*.json")) if Path(root).is_dir() else []
+        raise BaselineError(
+            f"no stored baseline for encoder {encoder!r}, dataset {dataset!r}, split {split!r} ({path} is missing). "
+            f"Stored: {', '.join(have) or 'none'}. Create it with `{update_command(encoder, dataset, split, root)}`."
+        )
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BaselineError(f"{path}: unreadable baseline ({exc}); regenerate it with `{update_command(encoder, dataset, split, root)}`") from exc
+    if raw.get("format") != FORMAT:
+        raise BaselineError(
+            f"{path}: baseline format {raw.get('format')!r}, this harness reads format {FORMAT}; "
+            f"regenerate it with `{update_command(encoder, dataset, split, root)}`"
+        )
+    missing = [k for k in ("encoder", "dataset", "split", "ndcg10", "per_query_ndcg10", "provenance") if k not in raw]
+    if missing:
+        raise BaselineError(f"{path}: baseline lacks key(s) {', '.join(missing)}; regenerate it with `{update_command(encoder, dataset, split, root)}`")
+    raw.pop("format")
+    return Baseline(**raw, path=path)
+
+
+def current_provenance(encoder_name: str, dataset_name: str, split: str, data_dir: str | None = None) -> dict:
+    """The provenance a baseline of ``encoder_name`` on ``dataset_name``/``split`` would have now."""
+    from harness.cli import make_dataset, make_encoder
+    from harness.evaluate import provenance
+
+    encoder = make_encoder(encoder_name)
+    dataset = make_dataset(dataset_name, data_dir)
+    return provenance(encoder, dataset, split, encoder.similarity)
+
+
+def verify(baseline: Baseline, current: dict, root: str | Path | None = None) -> list[str]:
+    """Raise ``ProvenanceError`` on the first strict field that differs; return warnings for the rest."""
+    stored = baseline.provenance
+    cmd = update_command(baseline.encoder, baseline.dataset, baseline.split, root)
+    for key in STRICT_FIELDS:
+        a, b = stored.get(key), current.get(key)
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict):
+                diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                a = {k: a.get(k) for k in diff}
+                b = {k: b.get(k) for k in diff}
+            raise ProvenanceError(
+                f"baseline {baseline.path or ''} does not match this run: provenance field {key!r} is {a!r} in the "
+                f"stored baseline but {b!r} now. Comparing them would compare unlike things. If the change is "
+                f"intended, regenerate the baseline with `{cmd}`; otherwise restore the original "
+                f"{'model weights' if key == 'encoder_sha256' else 'data files' if key == 'files_sha256' else key}."
+            )
+    warnings = []
+    if stored.get("harness_version") != current.get("harness_version"):
+        warnings.append(
+            f"baseline {baseline.path or ''} was written by harness {stored.get('harness_version')!r}, this is "
+            f"{current.get('harness_version')!r} (scores match by provenance; regenerate with `{cmd}` to refresh)"
+        )
+    return warnings
+
+
+def load_verified(root, encoder: str, dataset: str, split: str, data_dir: str | None = None) -> tuple[Baseline, list[str]]:
+    baseline = load(root, encoder, dataset, split)
+    return baseline, verify(baseline, current_provenance(encoder, dataset, split, data_dir), root)
+
+
+def compute(encoder_name: str, dataset_name: str, split: str, data_dir: str | None = None, **encoder_options) -> Baseline:
+    from harness import __version__
+    from harness.cli import make_dataset, make_encoder
+    from harness.evaluate import evaluate
+
+    encoder = make_encoder(encoder_name, **encoder_options)
+    result = evaluate(encoder, make_dataset(dataset_name, data_dir), split)
+    prov = dict(result.provenance, harness_version=__version__)
+    return Baseline(
+        encoder=encoder_name,
+        dataset=dataset_name,
+        split=split,
+        ndcg10=result.ndcg10,
+        recall100=result.recall100,
+        n_queries=result.n_queries,
+        per_query_ndcg10=dict(sorted(result.per_query_ndcg10.items())),
+        provenance=prov,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+
+
+def write_all(root: str | Path, baselines: list[Baseline]) -> list[Path]:
+    """Write every baseline or none: temporary files first, then ``os.replace`` each into place."""
+    root = Path(root)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for b in baselines:
+            path = baseline_path(root, b.encoder, b.dataset, b.split)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(b.to_dict(), indent=1, sort_keys=False) + "\n")
+            staged.append((tmp, path))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+    return [path for _, path in staged]
+
+
+def update(
+    root: str | Path, encoders: list[str], datasets: list[str], splits: list[str], data_dir: str | None = None,
+    **encoder_options,
+) -> list[Baseline]:
+    """Recompute and atomically store the baselines of every encoder x dataset x split."""
+    computed = [compute(e, d, s, data_dir, **encoder_options) for e in encoders for d in datasets for s in splits]
+    paths = write_all(root, computed)
+    for b, p in zip(computed, paths):
+        b.path = p
+    return computed
+
+
+def stored(root: str | Path) -> list[Path]:
+    return sorted(Path(root).glob("*/*.json"))

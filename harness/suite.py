@@ -1,0 +1,365 @@
+"""Gate suites: TOML files naming an encoder, datasets, candidates and the checks they must pass.
+
+A suite is versioned (``version = 1``) and validated before anything trains: every error names the
+file, the key and the valid choices. A minimal suite::
+
+    version = 1
+    name = "smoke"
+    encoder = "minilm"
+    datasets = ["scifact"]                  # evaluation datasets (split: eval_split)
+
+    [train]                                 # training defaults for every candidate
+    datasets = ["scifact"]
+    epochs = 3
+    max_pairs = 1024
+
+    [checks.bounded_norms]                  # the checks every candidate runs, with thresholds
+    max_norm_growth = 2.0
+    [checks.finite]
+
+    [[candidates]]
+    name = "asym-dot"
+    head = "asymmetric"
+    losses = { infonce_dot = { weight = 1.0 } }
+    expect_fail = ["bounded_norms"]         # strict: passing it fails the gate (XPASS)
+
+A candidate may override thresholds (``[candidates.checks.<check>]``), training settings
+(``[candidates.train]``), run only some checks (``checks_only = [...]``) and declare the checks it is
+expected to fail (``expect_fail``, a list or a table ``check = "reason"``).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+SUPPORTED_VERSIONS = (1,)
+SUITE_KEYS = {
+    "version": "the suite format version (1)",
+    "name": "a short name (reports are written under reports/<name>/)",
+    "description": "one line on what the suite gates",
+    "encoder": "the frozen encoder every candidate sits on (a registered encoder)",
+    "datasets": "evaluation datasets (registered names)",
+    "eval_split": "qrels split the candidates are scored on (default test)",
+    "requires_gpu": "true if the suite needs CUDA (pytest marks its items `gpu`)",
+    "device": "torch device for training (default: cuda if available, else cpu)",
+    "seed": "training seed (harness run --seed overrides it)",
+    "baselines_dir": "folder of stored baselines, relative to the suite file (default ../baselines)",
+    "train": "table of training defaults for every candidate",
+    "checks": "table of checks to run, each a table of thresholds",
+    "candidates": "array of candidate tables ([[candidates]])",
+}
+CANDIDATE_KEYS = {
+    "name": "unique candidate name",
+    "description": "what the candidate is (and which seed it reproduces)",
+    "head": "a registered head",
+    "head_options": "options passed to the head",
+    "losses": "table of loss name -> {weight = ..., options}",
+    "pretrain": "optional pretraining stage (a table passed to the trainer)",
+    "train": "training overrides for this candidate",
+    "checks": "per-check threshold overrides for this candidate",
+    "checks_only": "run only these of the suite's checks for this candidate",
+    "expect_fail": "checks this candidate is expected to fail (strict: a pass turns the gate red)",
+}
+# Keys of [train] that the trainer understands; the rest of TrainConfig is filled in by the suite.
+TRAIN_KEYS = {
+    "datasets": "training datasets (their train split)",
+    "epochs": "epochs (>= 1)",
+    "batch_size": "batch size",
+    "lr": "learning rate",
+    "max_pairs": "cap on training pairs",
+    "seed": "training seed",
+    "device": "torch device",
+}
+
+
+class SuiteError(Exception):
+    """A suite file is malformed; the message names the file, the key and the valid choices."""
+
+
+def _choices(options) -> str:
+    return ", ".join(sorted(options)) or "none"
+
+
+def _did_you_mean(name: str, options) -> str:
+    close = difflib.get_close_matches(str(name), list(options), n=2, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+@dataclass
+class CandidateSpec:
+    name: str
+    head: str
+    losses: dict[str, dict]
+    head_options: dict = field(default_factory=dict)
+    description: str = ""
+    pretrain: dict | None = None
+    train: dict = field(default_factory=dict)
+    checks: dict[str, dict] = field(default_factory=dict)  # check -> effective thresholds (suite + overrides)
+    expect_fail: dict[str, str] = field(default_factory=dict)  # check -> reason
+
+
+@dataclass
+class Suite:
+    path: Path
+    version: int
+    name: str
+    encoder: str
+    datasets: list[str]
+    candidates: list[CandidateSpec]
+    checks: dict[str, dict]  # check -> thresholds given in the suite (defaults not merged)
+    description: str = ""
+    eval_split: str = "test"
+    requires_gpu: bool = False
+    device: str | None = None
+    seed: int = 0
+    train: dict = field(default_factory=dict)
+    baselines_dir: Path | None = None
+
+    def candidate(self, name: str) -> CandidateSpec:
+        for c in self.candidates:
+            if c.name == name:
+                return c
+        names = [c.name for c in self.candidates]
+        raise SuiteError(f"{self.path}: no candidate {name!r}.{_did_you_mean(name, names)} Candidates: {_choices(names)}")
+
+    def train_config(self, candidate: CandidateSpec, seed: int | None = None, data_dir: str | None = None) -> dict:
+        """The dict handed to ``harness.train.TrainConfig.from_dict`` for one candidate."""
+        merged = {**self.train, **candidate.train}
+        train_datasets = merged.pop("datasets", None) or list(self.datasets)
+        config: dict[str, Any] = {
+            "encoder": self.encoder,
+            "head": candidate.head,
+            "head_options": copy.deepcopy(candidate.head_options),
+            "losses": copy.deepcopy(candidate.losses),
+            "train": list(train_datasets),
+            "eval": list(self.datasets),
+            "eval_split": self.eval_split,
+            "seed": self.seed,
+        }
+        if self.device:
+            config["device"] = self.device
+        config.update(merged)
+        if candidate.pretrain is not None:
+            config["pretrain"] = copy.deepcopy(candidate.pretrain)
+        if seed is not None:
+            config["seed"] = int(seed)
+        if data_dir is not None:
+            config["data_dir"] = str(data_dir)
+        return config
+
+
+# -- loading and validation ----------------------------------------------------------------------
+class _Ctx:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, key: str, problem: str, choices=None) -> SuiteError:
+        valid = f" Valid choices: {_choices(choices)}." if choices is not None else ""
+        return SuiteError(f"{self.path}: key {key!r}: {problem}.{valid}")
+
+    def expect(self, key: str, value: Any, types: type | tuple, what: str) -> Any:
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise self.fail(key, f"expected {what}, got {value!r}")
+        if not isinstance(value, types):
+            raise self.fail(key, f"expected {what}, got {type(value).__name__} {value!r}")
+        return value
+
+    def unknown(self, where: str, table: dict, allowed: dict | set) -> None:
+        for key in table:
+            if key not in allowed:
+                raise self.fail(f"{where}{key}", f"unknown key.{_did_you_mean(key, allowed)}", allowed)
+
+
+def _names(value, ctx: _Ctx, key: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    ctx.expect(key, value, list, "a list of names")
+    for i, v in enumerate(value):
+        ctx.expect(f"{key}[{i}]", v, str, "a name (string)")
+    if not value:
+        raise ctx.fail(key, "must not be empty")
+    return list(value)
+
+
+def _registered(kind: str) -> dict:
+    from harness.plugins import components
+
+    return components(kind)
+
+
+def _check_thresholds(ctx: _Ctx, key: str, check: str, given: Any, checks: dict) -> dict:
+    ctx.expect(key, given, dict, f"a table of thresholds for check {check!r}")
+    defaults = getattr(checks[check].factory, "defaults", {}) or {}
+    for name, value in given.items():
+        if name not in defaults:
+            raise ctx.fail(f"{key}.{name}", f"check {check!r} has no threshold {name!r}.{_did_you_mean(name, defaults)}", defaults)
+        default = defaults[name]
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            ctx.expect(f"{key}.{name}", value, (int, float), f"a number (default {default!r})")
+        elif default is not None and not isinstance(value, type(default)):
+            raise ctx.fail(f"{key}.{name}", f"expected {type(default).__name__} like the default {default!r}, got {value!r}")
+    return dict(given)
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file. Raises ``SuiteError`` naming the file, the key and the choices."""
+    path = Path(path)
+    ctx = _Ctx(path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: suite file not found (suites live in suites/*.toml)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{path}: not valid TOML: {exc}") from exc
+    ctx.unknown("", raw, SUITE_KEYS)
+    if "version" not in raw:
+        raise ctx.fail("version", "missing; add `version = 1` at the top", [str(v) for v in SUPPORTED_VERSIONS])
+    version = raw["version"]
+    if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
+        raise ctx.fail("version", f"unsupported suite version {version!r}", [str(v) for v in SUPPORTED_VERSIONS])
+    for required in ("name", "encoder", "datasets", "candidates", "checks"):
+        if required not in raw:
+            raise ctx.fail(required, f"missing ({SUITE_KEYS[required]})")
+    name = ctx.expect("name", raw["name"], str, "a string")
+    if not name or any(c in name for c in "/\\ "):
+        raise ctx.fail("name", f"{name!r} must be non-empty, without spaces or slashes (it names the report folder)")
+
+    encoders = _registered("encoders")
+    encoder = ctx.expect("encoder", raw["encoder"], str, "an encoder name")
+    if encoder not in encoders and not Path(encoder).is_dir():
+        raise ctx.fail("encoder", f"unknown encoder {encoder!r}.{_did_you_mean(encoder, encoders)}", encoders)
+    datasets_known = _registered("datasets")
+    datasets = _names(raw["datasets"], ctx, "datasets")
+    for i, d in enumerate(datasets):
+        if d not in datasets_known:
+            raise ctx.fail(f"datasets[{i}]", f"unknown dataset {d!r}.{_did_you_mean(d, datasets_known)}", datasets_known)
+
+    train = dict(ctx.expect("train", raw.get("train", {}), dict, "a table"))
+    _validate_train(ctx, "train.", train, datasets_known)
+
+    check_components = _registered("checks")
+    checks_raw = ctx.expect("checks", raw["checks"], dict, "a table of [checks.<name>] tables")
+    if not checks_raw:
+        raise ctx.fail("checks", "no checks listed; add at least one [checks.<name>] table", check_components)
+    checks: dict[str, dict] = {}
+    for check, thresholds in checks_raw.items():
+        if check not in check_components:
+            raise ctx.fail(f"checks.{check}", f"unknown check.{_did_you_mean(check, check_components)}", check_components)
+        checks[check] = _check_thresholds(ctx, f"checks.{check}", check, thresholds, check_components)
+
+    heads = _registered("heads")
+    losses = _registered("losses")
+    cands_raw = ctx.expect("candidates", raw["candidates"], list, "an array of [[candidates]] tables")
+    if not cands_raw:
+        raise ctx.fail("candidates", "no candidates; add a [[candidates]] table")
+    candidates: list[CandidateSpec] = []
+    seen: set[str] = set()
+    for i, c in enumerate(cands_raw):
+        where = f"candidates[{i}]"
+        ctx.expect(where, c, dict, "a table")
+        ctx.unknown(f"{where}.", c, CANDIDATE_KEYS)
+        for required in ("name", "head"):
+            if required not in c:
+                raise ctx.fail(f"{where}.{required}", f"missing ({CANDIDATE_KEYS[required]})")
+        cname = ctx.expect(f"{where}.name", c["name"], str, "a string")
+        if not cname or any(ch in cname for ch in "/\\ :[]"):
+            raise ctx.fail(f"{where}.name", f"{cname!r} must be non-empty, without spaces, slashes, colons or brackets")
+        if cname in seen:
+            raise ctx.fail(f"{where}.name", f"candidate name {cname!r} is used twice; names must be unique")
+        seen.add(cname)
+        where = f"candidates[{i}] ({cname})"
+        head = ctx.expect(f"{where}.head", c["head"], str, "a head name")
+        if head not in heads:
+            raise ctx.fail(f"{where}.head", f"unknown head {head!r}.{_did_you_mean(head, heads)}", heads)
+        head_options = dict(ctx.expect(f"{where}.head_options", c.get("head_options", {}), dict, "a table"))
+        cand_losses: dict[str, dict] = {}
+        for lname, lopts in ctx.expect(f"{where}.losses", c.get("losses", {}), dict, "a table of loss name -> options").items():
+            if lname not in losses:
+                raise ctx.fail(f"{where}.losses.{lname}", f"unknown loss.{_did_you_mean(lname, losses)}", losses)
+            lopts = dict(ctx.expect(f"{where}.losses.{lname}", lopts, dict, "a table like {weight = 1.0}"))
+            weight = lopts.setdefault("weight", 1.0)
+            ctx.expect(f"{where}.losses.{lname}.weight", weight, (int, float), "a number")
+            cand_losses[lname] = lopts
+        pretrain = c.get("pretrain")
+        if pretrain is not None:
+            ctx.expect(f"{where}.pretrain", pretrain, dict, "a table")
+        ctrain = dict(ctx.expect(f"{where}.train", c.get("train", {}), dict, "a table"))
+        _validate_train(ctx, f"{where}.train.", ctrain, datasets_known)
+
+        selected = list(checks)
+        if "checks_only" in c:
+            selected = _names(c["checks_only"], ctx, f"{where}.checks_only")
+            for j, s in enumerate(selected):
+                if s not in checks:
+                    raise ctx.fail(f"{where}.checks_only[{j}]", f"check {s!r} is not among the suite's [checks]", checks)
+        overrides = ctx.expect(f"{where}.checks", c.get("checks", {}), dict, "a table of [candidates.checks.<name>] tables")
+        effective: dict[str, dict] = {}
+        for check in selected:
+            effective[check] = dict(checks[check])
+        for check, thresholds in overrides.items():
+            if check not in selected:
+                raise ctx.fail(f"{where}.checks.{check}", f"check {check!r} is not run for this candidate", selected)
+            effective[check].update(_check_thresholds(ctx, f"{where}.checks.{check}", check, thresholds, check_components))
+
+        xf = c.get("expect_fail", [])
+        if isinstance(xf, list):
+            xf = {k: "" for k in _names(xf, ctx, f"{where}.expect_fail")} if xf else {}
+        ctx.expect(f"{where}.expect_fail", xf, dict, "a list of check names or a table check = \"reason\"")
+        for check, reason in xf.items():
+            if check not in effective:
+                raise ctx.fail(f"{where}.expect_fail", f"{check!r} is not a check run for this candidate", effective)
+            ctx.expect(f"{where}.expect_fail.{check}", reason, str, "a reason (string)")
+        candidates.append(
+            CandidateSpec(
+                name=cname, head=head, losses=cand_losses, head_options=head_options,
+                description=ctx.expect(f"{where}.description", c.get("description", ""), str, "a string"),
+                pretrain=copy.deepcopy(pretrain), train=ctrain, checks=effective, expect_fail=dict(xf),
+            )
+        )
+
+    eval_split = ctx.expect("eval_split", raw.get("eval_split", "test"), str, "a split name")
+    requires_gpu = ctx.expect("requires_gpu", raw.get("requires_gpu", False), bool, "true or false")
+    device = raw.get("device")
+    if device is not None:
+        ctx.expect("device", device, str, "a torch device string")
+    seed = ctx.expect("seed", raw.get("seed", 0), int, "an integer")
+    bdir = ctx.expect("baselines_dir", raw.get("baselines_dir", "../baselines"), str, "a folder path")
+    return Suite(
+        path=path, version=version, name=name, encoder=encoder, datasets=datasets, candidates=candidates,
+        checks=checks, description=ctx.expect("description", raw.get("description", ""), str, "a string"),
+        eval_split=eval_split, requires_gpu=requires_gpu, device=device, seed=seed, train=train,
+        baselines_dir=(path.parent / bdir).resolve(),
+    )
+
+
+def _validate_train(ctx: _Ctx, where: str, table: dict, datasets_known: dict) -> None:
+    ctx.unknown(where, table, TRAIN_KEYS)
+    if "datasets" in table:
+        table["datasets"] = _names(table["datasets"], ctx, f"{where}datasets")
+        for i, d in enumerate(table["datasets"]):
+            if d not in datasets_known:
+                raise ctx.fail(f"{where}datasets[{i}]", f"unknown dataset {d!r}", datasets_known)
+    for key in ("epochs", "batch_size", "max_pairs", "seed"):
+        if key in table:
+            ctx.expect(f"{where}{key}", table[key], int, "an integer")
+            if key != "seed" and table[key] < 1:
+                raise ctx.fail(f"{where}{key}", f"must be >= 1, got {table[key]}")
+    if "lr" in table:
+        ctx.expect(f"{where}lr", table["lr"], (int, float), "a number")
+        if not table["lr"] > 0:
+            raise ctx.fail(f"{where}lr", f"must be > 0, got {table['lr']}")
+    if "device" in table:
+        ctx.expect(f"{where}device", table["device"], str, "a torch device string")
+
+
+def discover(folder: str | Path = "suites") -> list[Path]:
+    return sorted(Path(folder).glob("*.toml"))

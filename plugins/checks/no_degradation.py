@@ -1,0 +1,60 @@
+"""no_degradation: eval NDCG@10 does not fall from the best epoch to the last by more than a bound."""
+from __future__ import annotations
+
+from harness import hookimpl
+from plugins.checks import BaseCheck, fmt, mean, need_run
+
+
+class NoDegradation(BaseCheck):
+    name = "no_degradation"
+    description = "NDCG@10 does not fall from the best epoch to the last by more than a bound"
+    defaults = {
+        "max_rel_drop": 0.03,  # (best - last) / best, per dataset and for the mean over datasets
+        "from_epoch": 0,  # epochs considered for "best" (0 = the untrained head counts too)
+    }
+    cause = (
+        "training optimises a proxy that parts ways with ranking: the loss keeps improving while retrieval gets "
+        "worse (seed 004: validation loss 2e-5 -> 7e-6 while SciFact NDCG@10 fell 0.608 -> 0.544; seeds 000/001: "
+        "Barlow pretraining pulls embeddings together and destroys ranking)"
+    )
+    fix = (
+        "early-stop on retrieval NDCG@10 of a held-out split instead of the loss, and remove the loss term that "
+        "rewards doing nothing (e.g. residual_l2) or that ignores ranking"
+    )
+
+    def run(self, candidate, max_rel_drop=0.03, from_epoch=0):
+        run = need_run(self, candidate)
+        epochs = [e for e in run.epochs if e.epoch >= from_epoch and e.ndcg10]
+        if len(epochs) < 2:
+            return self.not_applicable(f"fewer than two scored epochs from epoch {from_epoch} (the head was not trained)")
+        last = epochs[-1]
+        datasets = sorted(last.ndcg10)
+        curves = {d: [e.ndcg10.get(d, float("nan")) for e in epochs] for d in datasets}
+        curves["mean"] = [mean(e.ndcg10) for e in epochs]
+        nums = [e.epoch for e in epochs]
+        drops = {}
+        for name, values in curves.items():
+            best_i = max(range(len(values)), key=lambda i: values[i])
+            best = values[best_i]
+            drop = (best - values[-1]) / best if best > 0 else 0.0
+            drops[name] = {"best": best, "best_epoch": nums[best_i], "last": values[-1], "rel_drop": drop}
+        details = {"curves": curves, "epochs": nums, "drops": drops}
+        worst = max(drops, key=lambda n: drops[n]["rel_drop"])
+        w = drops[worst]
+        if w["rel_drop"] > max_rel_drop:
+            trail = " -> ".join(f"{v:.4f}" for v in curves[worst])
+            where = "mean eval" if worst == "mean" else worst
+            return self.failed(
+                f"{where} NDCG@10 fell {w['rel_drop']:.1%} from {w['best']:.4f} at epoch {w['best_epoch']} to "
+                f"{w['last']:.4f} at epoch {last.epoch} (epochs {nums[0]}-{nums[-1]}: {trail}; bound {max_rel_drop:.1%})",
+                w["rel_drop"], max_rel_drop, last.epoch, dataset=worst, **details,
+            )
+        return self.passed(
+            f"largest fall from the best epoch {w['rel_drop']:.1%} ({worst}; bound {max_rel_drop:.1%}); last-epoch mean NDCG@10 "
+            f"{fmt(curves['mean'][-1])}", w["rel_drop"], max_rel_drop, last.epoch, **details,
+        )
+
+
+@hookimpl
+def register_checks(register):
+    register("no_degradation", NoDegradation())
