@@ -52,6 +52,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
+    max_grad_norm: float | None = None  # clip the gradient norm before each step (seeds: 1.0); None = no clipping
     seed: int = 0
     device: str | None = None
     max_pairs: int | None = 10000  # per train dataset, sampled with the seed (NFCorpus train has 110k)
@@ -102,6 +103,9 @@ class TrainConfig:
             raise bad("threads", "must be an integer >= 1 or null (leave torch's setting)")
         if self.max_pairs is not None and (isinstance(self.max_pairs, bool) or not isinstance(self.max_pairs, int) or self.max_pairs < 2):
             raise bad("max_pairs", "must be an integer >= 2 or null (all pairs)")
+        if self.max_grad_norm is not None and (isinstance(self.max_grad_norm, bool) or not isinstance(self.max_grad_norm, (int, float))
+                                               or not self.max_grad_norm > 0 or not math.isfinite(self.max_grad_norm)):
+            raise bad("max_grad_norm", "must be a positive number or null (no clipping)")
         for key in ("lr", "weight_decay"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "lr" and value == 0):
@@ -403,7 +407,7 @@ def probe(head: Head, pairs: Pairs, probe_idx: torch.Tensor, losses: dict[str, A
         qs.append(out.query.detach().cpu())
         ds.append(out.doc.detach().cpu())
         inq.append(out.input_query.detach().cpu())
-        for k in ("delta", "correction"):
+        for k in ("delta", "correction", "residual_base"):
             if k in out.aux:
                 aux.setdefault(k, []).append(out.aux[k].detach().cpu())
         if "alpha" in out.aux:
@@ -417,7 +421,8 @@ def probe(head: Head, pairs: Pairs, probe_idx: torch.Tensor, losses: dict[str, A
         "pos_sim": pos / nb,
         "neg_sim": neg / nb,
         "grad_norm": grad / nb if with_grad and params else float("nan"),
-        "residual": tm.residual_stats(aux_t, torch.cat(inq)),
+        # a head that adds its residual to a projection of the query reports it relative to that projection
+        "residual": tm.residual_stats(aux_t, aux_t.get("residual_base", torch.cat(inq))),
     }
 
 
@@ -565,6 +570,8 @@ def _train(config: TrainConfig, out_dir: Path | None, progress: bool, on_epoch) 
                     if not math.isfinite(float(total.detach())):
                         diverged = True
                         break
+                    if config.max_grad_norm is not None:  # telemetry keeps the norm before clipping
+                        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                     optimizer.step()
                     advance(1)
             rec = record(epoch, stage, 0.0, steps)
@@ -607,7 +614,8 @@ def _step_sample(epoch, b, n_batches, total, parts, gnorm, out, losses, stage) -
         if "alpha" in out.aux:
             s["alpha"] = out.aux["alpha"].detach().float().mean().item()
         if "correction" in out.aux:
-            s["correction_rel"] = (out.aux["correction"].norm(dim=-1).mean() / out.input_query.norm(dim=-1).mean()).item()
+            base = out.aux.get("residual_base", out.input_query)
+            s["correction_rel"] = (out.aux["correction"].norm(dim=-1).mean() / base.norm(dim=-1).mean()).item()
     return s
 
 

@@ -65,35 +65,73 @@ def isotropy_of(x: torch.Tensor) -> torch.Tensor:
     return ((m - eye / m.shape[0]) ** 2).sum()
 
 
+def isotropy_cov_of(x: torch.Tensor) -> torch.Tensor:
+    """``||C - v I||_F / D`` for ``C`` the (unbiased) covariance of the rows and ``v`` the variance of all
+    entries: the seeds' isotropy (ragcun ``scripts/train_respred.py``, ``scripts/train_asymmetric.py``,
+    ``scripts/train/isotropic.py``). Centred, not scale-free (it scales with ``x``), and blind to a
+    collapse onto one point (a constant batch scores 0); the seeds' values were ~1e-4 and read "0.0000"."""
+    centered = x - x.mean(0, keepdim=True)
+    cov = centered.T @ centered / (x.shape[0] - 1)
+    eye = torch.eye(cov.shape[0], device=x.device, dtype=x.dtype)
+    return torch.linalg.matrix_norm(cov - x.var() * eye) / cov.shape[0]
+
+
+ISOTROPY_FORMS = {"second_moment": isotropy_of, "cov": isotropy_cov_of}
+
+
 class Isotropy:
     """Isotropy of the scored embeddings: covariance of the normalised batch towards a multiple of I.
 
-    ``on``: "query" (the head's query side, e.g. a predictor's output), "doc", or "both" (mean of the two).
-    Seed 004's exact formula is not published; this scale-free one is documented in ``isotropy_of``.
+    ``on``: "query" (the head's query side, e.g. a predictor's output), "doc", "both" (mean of the two),
+    or "joint" (one batch of the query and document rows stacked, as seed 004's code does).
+    ``form``: "second_moment" (default, ``isotropy_of``: scale-free, catches collapse) or "cov" (the seeds'
+    ``||Cov - var I||_F / D``, ``isotropy_cov_of``).
     """
 
-    def __init__(self, on: str = "both"):
-        if on not in ("query", "doc", "both"):
-            raise ValueError(f"isotropy option on= must be 'query', 'doc' or 'both', got {on!r}")
+    def __init__(self, on: str = "both", form: str = "second_moment"):
+        if on not in ("query", "doc", "both", "joint"):
+            raise ValueError(f"isotropy option on= must be 'query', 'doc', 'both' or 'joint', got {on!r}")
+        if form not in ISOTROPY_FORMS:
+            raise ValueError(f"isotropy option form= must be one of {', '.join(map(repr, ISOTROPY_FORMS))}, got {form!r}")
         self.on = on
+        self.form = form
+        self.of = ISOTROPY_FORMS[form]
 
     def __call__(self, out: HeadOutput) -> torch.Tensor:
         if self.on == "query":
-            return isotropy_of(out.query)
+            return self.of(out.query)
         if self.on == "doc":
-            return isotropy_of(out.doc)
-        return (isotropy_of(out.query) + isotropy_of(out.doc)) / 2
+            return self.of(out.doc)
+        if self.on == "joint":
+            return self.of(torch.cat([out.query, out.doc]))
+        return (self.of(out.query) + self.of(out.doc)) / 2
 
 
 class Predictive:
     """Predictive MSE: ``mean((query - doc)^2)`` over elements, the head's query side predicting the document
-    embedding (seed 004's ``L_pred = MSE(query + alpha*delta, doc)``). ``normalize`` compares unit vectors."""
+    embedding (seed 004's ``L_pred = MSE(query + alpha*delta, doc)``). ``normalize`` compares unit vectors.
 
-    def __init__(self, normalize: bool = False):
+    ``source``: "query" (the scored query side) or "prediction" (``aux["prediction"]``, for heads whose
+    retrieval does not use their predictor, e.g. ``respred``/``isopred`` with ``projection=True``).
+    ``stop_grad``: no gradient through the document side (the seeds' ``pos_emb.detach()``).
+    """
+
+    def __init__(self, normalize: bool = False, source: str = "query", stop_grad: bool = False):
+        if source not in ("query", "prediction"):
+            raise ValueError(f"predictive option source= must be 'query' or 'prediction', got {source!r}")
         self.normalize = bool(normalize)
+        self.source = source
+        self.stop_grad = bool(stop_grad)
 
     def __call__(self, out: HeadOutput) -> torch.Tensor:
         q, d = out.query, out.doc
+        if self.source == "prediction":
+            if "prediction" not in out.aux:
+                raise ValueError("predictive: source='prediction' needs a head that emits aux['prediction'] "
+                                 "(respred or isopred with projection=True); use source='query' otherwise")
+            q = out.aux["prediction"]
+        if self.stop_grad:
+            d = d.detach()
         if self.normalize:
             q, d = F.normalize(q, dim=-1), F.normalize(d, dim=-1)
         return F.mse_loss(q, d)
@@ -105,18 +143,24 @@ class ResidualL2:
     Reads ``aux["delta"]`` (``on="delta"``, the default, as the seed) or ``aux["correction"]``
     (``on="correction"``, i.e. alpha*delta). A head without that aux tensor gets 0 (connected to
     the graph, so a composed loss still backpropagates): there is no residual to penalise.
+    ``reduction``: "mean" (over elements) or "row_sum" (``mean_batch ||delta||^2``, D times larger: the
+    seed's code, ragcun ``scripts/train_respred.py``).
     """
 
-    def __init__(self, on: str = "delta"):
+    def __init__(self, on: str = "delta", reduction: str = "mean"):
         if on not in ("delta", "correction"):
             raise ValueError(f"residual_l2 option on= must be 'delta' or 'correction', got {on!r}")
+        if reduction not in ("mean", "row_sum"):
+            raise ValueError(f"residual_l2 option reduction= must be 'mean' or 'row_sum', got {reduction!r}")
         self.on = on
+        self.reduction = reduction
 
     def __call__(self, out: HeadOutput) -> torch.Tensor:
         r = out.aux.get(self.on)
         if r is None:
             return out.query.sum() * 0.0 + 0.0  # a zero still connected to the graph
-        return r.pow(2).mean()
+        sq = r.pow(2)
+        return sq.sum(-1).mean() if self.reduction == "row_sum" else sq.mean()
 
 
 class BarlowTwins:

@@ -128,3 +128,84 @@ def test_bad_head_options_name_the_head_and_its_options():
         build_head("respred", 384, {"tanhh": False})
     with pytest.raises(Exception, match="unknown head 'respredd'.*Did you mean 'respred'"):
         build_head("respredd", 384)
+
+
+# -- seed-faithful options (from the seeds' code, ragcun) ------------------------------------------
+SEED_MLP = dict(projection=True, hidden="2x", dropout=0.1)
+
+
+def test_asymmetric_seed_mlp_is_dim_2dim_dim_with_dropout(real_batch):
+    q, d = real_batch
+    head = make("asymmetric", hidden="2x", dropout=0.1)
+    layers = [type(m).__name__ for m in head.query_proj]
+    assert layers == ["Linear", "GELU", "Dropout", "Linear"]
+    assert head.query_proj[0].out_features == 768 and head.query_proj[2].p == 0.1
+    assert make("asymmetric", hidden=768).query_proj[0].out_features == 768  # a width works too
+    head.eval()
+    assert torch.equal(head.encode_queries(q), head.encode_queries(q))  # dropout off in eval
+    head.train()
+    assert not torch.equal(head.encode_queries(q), head.encode_queries(q))  # on in training
+    for bad, match in (({"dropout": 0.1}, "dropout needs a hidden layer"), ({"hidden": "2y"}, "hidden must be"),
+                       ({"hidden": "2x", "dropout": 1.5}, r"dropout must be a number in \[0, 1\)")):
+        with pytest.raises(ValueError, match=rf"asymmetric.*{match}"):
+            build_head("asymmetric", 384, bad)
+
+
+@pytest.mark.parametrize("name", ["respred", "isopred"])
+def test_projection_is_shared_and_scoring_skips_the_predictor(name, real_batch):
+    q, d = real_batch
+    head = make(name, **SEED_MLP, score_with="projection", similarity="dot").eval()
+    out = head(q, d)
+    z_q, z_d = head.projection(q), head.projection(d)
+    assert torch.allclose(out.query, z_q, atol=1e-6) and torch.allclose(out.doc, z_d, atol=1e-6)  # one MLP, both sides
+    assert torch.allclose(head.encode_queries(q), z_q, atol=1e-6) and torch.allclose(head.encode_docs(d), z_d, atol=1e-6)
+    assert head.similarity == "dot" and head.projection[0].out_features == 768
+    predictor = head.mlp if name == "respred" else head.predictor
+    if name == "respred":
+        delta = torch.tanh(predictor(z_q))
+        assert torch.allclose(out.aux["prediction"], z_q + 0.1 * delta, atol=1e-6)
+        assert torch.equal(out.aux["residual_base"], out.query)
+    else:
+        assert torch.allclose(out.aux["prediction"], predictor(z_q), atol=1e-6)
+    scored_by_predictor = make(name, **SEED_MLP).eval()  # score_with="predictor": the query side is the prediction
+    out = scored_by_predictor(q, d)
+    assert torch.allclose(out.query, out.aux["prediction"]) and torch.allclose(scored_by_predictor.encode_queries(q), out.query, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["respred", "isopred"])
+def test_seed_losses_reach_projection_and_predictor_but_not_through_the_target(name, real_batch):
+    q, d = real_batch
+    head = make(name, **SEED_MLP, score_with="projection").train()
+    out = head(q, d)
+    pred = build_loss("predictive", {"source": "prediction", "stop_grad": True})
+    pred(out).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.projection.parameters())  # via the query side
+    predictor = head.mlp if name == "respred" else head.predictor
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in predictor.parameters())
+    # the document side is a stop-gradient target: with a detached query side nothing reaches the projection
+    head.zero_grad()
+    out = head(q, d)
+    target_only = type(out)(out.query, out.doc, q, d, {"prediction": out.aux["prediction"].detach()})
+    assert pred(target_only).requires_grad is False
+    build_loss("isotropy", {"form": "cov", "on": "joint"})(out).backward()
+    assert all(p.grad is not None for p in head.projection.parameters())
+
+
+@pytest.mark.parametrize("name", ["respred", "isopred"])
+def test_seed_option_errors_name_the_head_option_and_choices(name):
+    with pytest.raises(ValueError, match=rf"{name}: score_with must be one of \('predictor', 'projection'\)"):
+        build_head(name, 384, {"score_with": "both"})
+    with pytest.raises(ValueError, match=rf"{name}: score_with='projection' needs projection=True"):
+        build_head(name, 384, {"score_with": "projection"})
+    with pytest.raises(ValueError, match=rf"{name}: similarity must be one of"):
+        build_head(name, 384, {"similarity": "euclidean"})
+
+
+def test_defaults_are_unchanged_by_the_seed_options(real_batch):
+    """Other suites use the defaults: same parameters, same outputs as before the options existed."""
+    q, d = real_batch
+    assert [n for n, _ in make("respred").named_parameters()] == ["alpha", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"]
+    assert [n for n, _ in make("isopred").named_parameters()] == ["predictor.0.weight", "predictor.0.bias", "predictor.2.weight", "predictor.2.bias"]
+    assert isinstance(make("asymmetric").query_proj, torch.nn.Linear)
+    out = make("isopred")(q, d)
+    assert out.aux == {} and torch.equal(out.doc, d)

@@ -147,3 +147,55 @@ def test_bad_options_name_the_loss_and_its_options():
         build_loss("infonce_cos", {"temp": 0.1})
     with pytest.raises(ValueError, match="temperature must be > 0"):
         build_loss("infonce_dot", {"temperature": 0})
+
+
+# -- the seeds' loss forms (ragcun scripts/train_respred.py, train_asymmetric.py, train/isotropic.py) ----
+def test_isotropy_cov_form_matches_hand_computed_value():
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    # mean 0; cov = x.T x / 3 = [[2/3, 0], [0, 8/3]]; var of all 8 entries (mean 0) = (1+1+4+4)/7 = 10/7
+    v = 10 / 7
+    expected = math.sqrt((2 / 3 - v) ** 2 + (8 / 3 - v) ** 2) / 2
+    loss = build_loss("isotropy", {"form": "cov", "on": "query"})
+    assert loss(out_of(x, x)).item() == pytest.approx(expected, rel=1e-6)
+    # not scale-free (unlike the default form), and blind to a batch collapsed onto one point
+    assert loss(out_of(3 * x, x)).item() == pytest.approx(9 * expected, rel=1e-5)
+    point = torch.ones(4, 2)
+    assert loss(out_of(point, point)).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_isotropy_joint_stacks_query_and_doc_rows():
+    q = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    d = torch.tensor([[0.0, 2.0], [0.0, -2.0]])
+    joint = build_loss("isotropy", {"form": "cov", "on": "joint"})(out_of(q, d)).item()
+    x = torch.cat([q, d])
+    assert joint == pytest.approx(build_loss("isotropy", {"form": "cov", "on": "query"})(out_of(x, x)).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="isotropy option form= must be one of 'second_moment', 'cov'"):
+        build_loss("isotropy", {"form": "frobenius"})
+    with pytest.raises(ValueError, match="isotropy option on= must be 'query', 'doc', 'both' or 'joint'"):
+        build_loss("isotropy", {"on": "all"})
+
+
+def test_predictive_reads_the_prediction_and_stops_the_target_gradient():
+    q = torch.tensor([[9.0, 9.0]])
+    pred = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    d = torch.tensor([[0.0, 2.0]], requires_grad=True)
+    out = HeadOutput(q, d, q, d, {"prediction": pred})
+    loss = build_loss("predictive", {"source": "prediction", "stop_grad": True})(out)
+    assert loss.item() == pytest.approx((1 + 0) / 2)  # the prediction, not the scored query side
+    loss.backward()
+    assert pred.grad is not None and d.grad is None
+    build_loss("predictive", {"source": "prediction"})(out).backward()
+    assert d.grad is not None  # without stop_grad the target moves too
+    with pytest.raises(ValueError, match=r"predictive: source='prediction' needs a head that emits aux\['prediction'\]"):
+        build_loss("predictive", {"source": "prediction"})(out_of(q, q))
+    with pytest.raises(ValueError, match="predictive option source= must be 'query' or 'prediction'"):
+        build_loss("predictive", {"source": "doc"})
+
+
+def test_residual_l2_row_sum_is_the_mean_squared_row_norm():
+    q = torch.ones(2, 3)
+    delta = torch.tensor([[1.0, -2.0, 0.0], [0.0, 0.0, 3.0]])
+    out = out_of(q, q, delta=delta)
+    assert build_loss("residual_l2", {"reduction": "row_sum"})(out).item() == pytest.approx((5 + 9) / 2)
+    with pytest.raises(ValueError, match="residual_l2 option reduction= must be 'mean' or 'row_sum'"):
+        build_loss("residual_l2", {"reduction": "sum"})

@@ -99,6 +99,40 @@ def test_residual_head_reports_alpha_delta_and_correction():
     assert run.epochs[1].loss["total"] == pytest.approx(total, rel=1e-5)
 
 
+def test_max_grad_norm_clips_every_step(asym_run):
+    """Clipping to a norm far below AdamW's eps leaves steps of ~0 (the unclipped run's loss falls by > 10%);
+    telemetry keeps reporting the gradient norm before clipping."""
+    run, _ = asym_run
+    clipped = train(TrainConfig(head="asymmetric", losses={"infonce_dot": {"weight": 1.0}}, epochs=1, max_grad_norm=1e-12, **SMALL), progress=False)
+    assert clipped.config["max_grad_norm"] == 1e-12
+    assert clipped.epochs[1].loss["total"] == pytest.approx(clipped.epochs[0].loss["total"], rel=1e-3)
+    assert run.epochs[1].loss["total"] < 0.9 * run.epochs[0].loss["total"]
+    assert clipped.epochs[1].steps[0]["grad_norm"] > 1e-3
+    with pytest.raises(ValueError, match=r"max_grad_norm must be a positive number or null"):
+        TrainConfig.from_dict({"head": "asymmetric", "max_grad_norm": 0})
+
+
+def test_projected_residual_head_reports_the_correction_relative_to_the_projected_query():
+    """respred with projection=True: ||alpha*delta|| / ||z_q|| (the projected query it is added to), not / ||q||."""
+    head_options = {"projection": True, "hidden": "2x", "dropout": 0.1, "score_with": "projection", "similarity": "dot"}
+    losses = {"isotropy": {"weight": 1.5, "form": "cov", "on": "joint"}, "predictive": {"weight": 1.2, "source": "prediction", "stop_grad": True},
+              "residual_l2": {"weight": 0.01, "reduction": "row_sum"}}
+    run = train(TrainConfig(head="respred", head_options=head_options, losses=losses, epochs=1, max_grad_norm=1.0, **SMALL), progress=False)
+    assert run.similarity == "dot" and set(run.epochs[1].loss) == {"total", "isotropy", "predictive", "residual_l2"}
+    from harness.train import build_head, load_pairs
+
+    queries = load_pairs(TrainConfig(**SMALL), torch.Generator().manual_seed(0)).queries[:64]
+    torch.manual_seed(0)
+    fresh = build_head("respred", 384, head_options).eval()  # the run's head at epoch 0
+    with torch.no_grad():
+        z = fresh.projection(queries)
+        corr = fresh.residual(z)[1].norm(dim=-1).mean()
+    assert z.norm(dim=-1).mean() < 0.7  # a random projection shrinks unit vectors, so the two ratios differ
+    r0 = run.epochs[0].residual
+    assert r0["correction_rel"] == pytest.approx((corr / z.norm(dim=-1).mean()).item(), rel=0.2)
+    assert r0["correction_rel"] > 1.5 * (corr / queries.norm(dim=-1).mean()).item()
+
+
 def test_pretraining_stage_comes_first_and_starts_from_the_frozen_encoder():
     config = TrainConfig.from_dict({**SMALL, "head": "barlow", "losses": {"infonce_cos": 1.0},
                                     "pretrain": {"losses": {"barlow": {"weight": 1.0, "lambd": 0.005}}, "epochs": 1}, "epochs": 1})

@@ -6,9 +6,30 @@ from harness import hookimpl
 from harness.types import SIMILARITIES, Head
 
 
-def projection(dim: int, out_dim: int, hidden: int | None, init: str) -> nn.Module:
+def hidden_width(head: str, dim: int, hidden) -> int | None:
+    """``hidden``: None (no hidden layer), a width, or ``"<k>x"`` = k times the input dim (seeds: ``"2x"``)."""
+    if hidden is None or hidden is False:
+        return None
+    if isinstance(hidden, str) and hidden.endswith("x"):
+        try:
+            return max(1, round(float(hidden[:-1]) * dim))
+        except ValueError:
+            pass
+    elif isinstance(hidden, int) and not isinstance(hidden, bool) and hidden > 0:
+        return hidden
+    raise ValueError(f"{head}: hidden must be a positive width or '<k>x' (k times dim, e.g. '2x'), got {hidden!r}")
+
+
+def check_dropout(head: str, dropout) -> float:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"{head}: dropout must be a number in [0, 1), got {dropout!r}")
+    return float(dropout)
+
+
+def projection(dim: int, out_dim: int, hidden: int | None, init: str, dropout: float = 0.0) -> nn.Module:
     if hidden:
-        return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        drop = [nn.Dropout(dropout)] if dropout else []
+        return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), *drop, nn.Linear(hidden, out_dim))
     layer = nn.Linear(dim, out_dim)
     if init == "identity":
         if out_dim != dim:
@@ -23,21 +44,29 @@ class Asymmetric(Head):
 
     ``similarity`` is what it is trained and scored with: "dot" (seed 002's original, raw inner products
     of unnormalised projections) or "cos" (its fix). ``init``: "default" (PyTorch) or "identity".
+    ``hidden``: width of a hidden GELU layer (or "2x" = twice the input dim), ``dropout`` after the GELU.
+    Seed 002's code (ragcun ``ragcun/asymmetric_model.py``) is ``hidden="2x", dropout=0.1``.
     """
 
     similarity = "dot"
 
-    def __init__(self, dim: int, out_dim: int | None = None, hidden: int | None = None,
-                 init: str = "default", similarity: str = "dot"):
+    def __init__(self, dim: int, out_dim: int | None = None, hidden: int | str | None = None,
+                 init: str = "default", similarity: str = "dot", dropout: float = 0.0):
         super().__init__(dim)
         if similarity not in SIMILARITIES:
             raise ValueError(f"asymmetric: similarity must be one of {SIMILARITIES}, got {similarity!r}")
         if init not in ("default", "identity"):
             raise ValueError(f"asymmetric: init must be 'default' or 'identity', got {init!r}")
+        hidden = hidden_width("asymmetric", dim, hidden)
+        dropout = check_dropout("asymmetric", dropout)
+        if dropout and not hidden:
+            raise ValueError("asymmetric: dropout needs a hidden layer (set hidden, e.g. hidden='2x')")
+        if hidden and init == "identity":
+            raise ValueError("asymmetric: init='identity' is for the single linear layer; leave hidden unset")
         self.similarity = similarity
         out_dim = out_dim or dim
-        self.query_proj = projection(dim, out_dim, hidden, init)
-        self.doc_proj = projection(dim, out_dim, hidden, init)
+        self.query_proj = projection(dim, out_dim, hidden, init, dropout)
+        self.doc_proj = projection(dim, out_dim, hidden, init, dropout)
 
     def encode_queries(self, q: torch.Tensor) -> torch.Tensor:
         return self.query_proj(q)

@@ -3,27 +3,59 @@ import torch
 from torch import nn
 
 from harness import hookimpl
-from harness.types import Head
+from harness.types import SIMILARITIES, Head, HeadOutput
+from plugins.heads.asymmetric import check_dropout, hidden_width
+from plugins.heads.respred import SCORE_WITH, mlp
 
 
 class IsoPred(Head):
     """Query side ``MLP(q)`` (no residual path), documents unchanged, scored by cosine.
 
-    Seed 004 trains it with isotropy 1.5 + predictive 1.2 (``default_losses``). ``hidden``: MLP width.
+    Seed 004 trains it with isotropy 1.5 + predictive 1.2 (``default_losses``). ``hidden``: MLP width or "2x".
+
+    The code behind ISO15_PRED12 (ragcun ``ragcun/model.py`` IsotropicGaussianEncoder with ``use_predictor``,
+    trained by ``scripts/train/isotropic.py``) differs; its options: ``projection=True`` puts one shared,
+    randomly initialised MLP in front of both sides (``z_q = P(q)``, ``z_d = P(d)``), the predictor maps
+    ``z_q`` to ``aux["prediction"]`` (``predictive`` with ``source="prediction", stop_grad=True``); with
+    ``score_with="projection"`` the query side is ``z_q`` (its evaluation, ``scripts/eval/beir.py``, never
+    calls the predictor). ``dropout`` after each GELU; ``similarity`` "cos" or "dot".
     """
 
     similarity = "cos"
     default_losses = {"isotropy": {"weight": 1.5}, "predictive": {"weight": 1.2}}
 
-    def __init__(self, dim: int, hidden: int | None = None):
+    def __init__(self, dim: int, hidden: int | str | None = None, projection: bool = False, dropout: float = 0.0,
+                 score_with: str = "predictor", similarity: str = "cos"):
         super().__init__(dim)
-        self.predictor = nn.Sequential(nn.Linear(dim, hidden or dim), nn.GELU(), nn.Linear(hidden or dim, dim))
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"isopred: similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        if score_with not in SCORE_WITH:
+            raise ValueError(f"isopred: score_with must be one of {SCORE_WITH}, got {score_with!r}")
+        if score_with == "projection" and not projection:
+            raise ValueError("isopred: score_with='projection' needs projection=True (without a projection "
+                             "the query side would be the frozen encoder itself)")
+        self.similarity = similarity
+        self.score_with = score_with
+        width = hidden_width("isopred", dim, hidden) or dim
+        dropout = check_dropout("isopred", dropout)
+        self.projection = mlp(dim, width, dropout) if projection else None
+        self.predictor = mlp(dim, width, dropout)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.projection is None else self.projection(x)
 
     def encode_queries(self, q: torch.Tensor) -> torch.Tensor:
-        return self.predictor(q)
+        z = self.project(q)
+        return z if self.score_with == "projection" else self.predictor(z)
 
     def encode_docs(self, d: torch.Tensor) -> torch.Tensor:
-        return d
+        return self.project(d)
+
+    def forward(self, q: torch.Tensor, d: torch.Tensor) -> HeadOutput:
+        z_q, z_d = self.project(q), self.project(d)
+        prediction = self.predictor(z_q)
+        aux = {"prediction": prediction} if self.projection is not None else {}
+        return HeadOutput(z_q if self.score_with == "projection" else prediction, z_d, q, d, aux)
 
 
 @hookimpl

@@ -3,30 +3,62 @@ import torch
 from torch import nn
 
 from harness import hookimpl
-from harness.types import Head, HeadOutput
+from harness.types import SIMILARITIES, Head, HeadOutput
+from plugins.heads.asymmetric import check_dropout, hidden_width
+
+SCORE_WITH = ("predictor", "projection")
+
+
+def mlp(dim: int, hidden: int, dropout: float) -> nn.Sequential:
+    drop = [nn.Dropout(dropout)] if dropout else []
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), *drop, nn.Linear(hidden, dim))
 
 
 class ResPred(Head):
     """Query side ``q + alpha * tanh(MLP(q))``, documents unchanged, scored by cosine.
 
     Options: ``tanh`` (bound delta to [-1, 1]; the seed's fix drops it), ``learn_alpha`` (seed: learnable),
-    ``alpha_init`` (seed: ~0.1), ``hidden`` (MLP width, default ``dim``).
+    ``alpha_init`` (seed: 0.1), ``hidden`` (MLP width or "2x", default ``dim``), ``dropout`` (after the GELU).
     Seed 004 trains it with isotropy 1.5 + predictive 1.2 + residual_l2 0.01 (``default_losses``).
+
+    The seed's code (ragcun ``ragcun/respred_model.py``, ``scripts/train_respred.py``) differs; its options:
+    ``projection=True`` puts one shared, randomly initialised MLP (dim -> hidden -> dim, like ``hidden``) in
+    front of both sides: ``z_q = P(q)``, ``z_d = P(d)``, the prediction is ``z_q + alpha * delta(z_q)`` and
+    ``aux["prediction"]`` carries it (``predictive`` with ``source="prediction", stop_grad=True`` is the seed's
+    ``MSE(prediction, stopgrad(z_d))``). ``score_with``: "predictor" (the query side is the prediction) or
+    "projection" (the query side is ``z_q``, no predictor: ``scripts/eval_respred_quick.py``). ``similarity``:
+    "cos" or "dot" (the seed ranks by negative Euclidean distance, which retrieval does not offer).
     """
 
     similarity = "cos"
     default_losses = {"isotropy": {"weight": 1.5}, "predictive": {"weight": 1.2}, "residual_l2": {"weight": 0.01}}
 
-    def __init__(self, dim: int, hidden: int | None = None, tanh: bool = True, learn_alpha: bool = True,
-                 alpha_init: float = 0.1):
+    def __init__(self, dim: int, hidden: int | str | None = None, tanh: bool = True, learn_alpha: bool = True,
+                 alpha_init: float = 0.1, projection: bool = False, dropout: float = 0.0,
+                 score_with: str = "predictor", similarity: str = "cos"):
         super().__init__(dim)
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"respred: similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        if score_with not in SCORE_WITH:
+            raise ValueError(f"respred: score_with must be one of {SCORE_WITH}, got {score_with!r}")
+        if score_with == "projection" and not projection:
+            raise ValueError("respred: score_with='projection' needs projection=True (without a projection "
+                             "the query side would be the frozen encoder itself)")
+        self.similarity = similarity
+        self.score_with = score_with
         self.tanh = bool(tanh)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden or dim), nn.GELU(), nn.Linear(hidden or dim, dim))
+        width = hidden_width("respred", dim, hidden) or dim
+        dropout = check_dropout("respred", dropout)
+        self.projection = mlp(dim, width, dropout) if projection else None
+        self.mlp = mlp(dim, width, dropout)
         alpha = torch.tensor(float(alpha_init))
         if learn_alpha:
             self.alpha = nn.Parameter(alpha)
         else:
             self.register_buffer("alpha", alpha)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.projection is None else self.projection(x)
 
     def residual(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         delta = self.mlp(q)
@@ -35,15 +67,21 @@ class ResPred(Head):
         return delta, self.alpha * delta
 
     def encode_queries(self, q: torch.Tensor) -> torch.Tensor:
-        return q + self.residual(q)[1]
+        z = self.project(q)
+        return z if self.score_with == "projection" else z + self.residual(z)[1]
 
     def encode_docs(self, d: torch.Tensor) -> torch.Tensor:
-        return d
+        return self.project(d)
 
     def forward(self, q: torch.Tensor, d: torch.Tensor) -> HeadOutput:
-        delta, correction = self.residual(q)
+        z_q, z_d = self.project(q), self.project(d)
+        delta, correction = self.residual(z_q)
+        prediction = z_q + correction
         aux = {"delta": delta, "alpha": self.alpha, "correction": correction}
-        return HeadOutput(q + correction, d, q, d, aux)
+        if self.projection is not None:
+            aux.update(prediction=prediction, residual_base=z_q)
+        query = z_q if self.score_with == "projection" else prediction
+        return HeadOutput(query, z_d, q, d, aux)
 
 
 @hookimpl
