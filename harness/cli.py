@@ -165,5 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m harness.cli`: run the imported module, whose EXTENSIONS the subcommands fill
+    from harness import cli as _cli
+
+    sys.exit(_cli.main())

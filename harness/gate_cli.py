@@ -29,14 +29,14 @@ def cmd_run(args) -> int:
         out_dir = Path(args.out or Path("reports") / suite.name)
         if args.require_gpu is False and suite.requires_gpu:
             cli.err.print(f"[yellow]note:[/] suite {suite.name!r} is a GPU suite; running it on this machine as asked "
-                          f"(pass --require-gpu to refuse without CUDA)", highlight=False)
+                          f"(pass --require-gpu to refuse without CUDA)", highlight=False, soft_wrap=True)
 
         def on_candidate(spec):
-            cli.err.print(f"[bold]candidate {spec.name}[/] ({spec.head}, losses {', '.join(spec.losses) or 'none'})", highlight=False)
+            cli.err.print(f"[bold]candidate {spec.name}[/] ({spec.head}, losses {', '.join(spec.losses) or 'none'})", highlight=False, soft_wrap=True)
 
         def on_outcome(name, o):
             style = rp.STYLE[o.outcome]
-            cli.err.print(f"  [{style}]{rp.SYMBOL[o.outcome]:>5}[/] {o.check} ({o.seconds:.1f} s)", highlight=False)
+            cli.err.print(f"  [{style}]{rp.SYMBOL[o.outcome]:>5}[/] {o.check} ({o.seconds:.1f} s)", highlight=False, soft_wrap=True)
 
         report = run_suite(
             suite, seed=args.seed, candidates=args.candidate, out_dir=out_dir, require_gpu_=args.require_gpu,
@@ -44,7 +44,7 @@ def cmd_run(args) -> int:
             on_outcome=None if args.json else on_outcome, on_candidate=None if args.json else on_candidate,
         )
     except _errors() as exc:
-        cli.err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        cli.err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_ERROR
     paths = rp.write(report, out_dir)
     if args.json:
@@ -54,10 +54,10 @@ def cmd_run(args) -> int:
         for c in report.candidates:
             for o in c.outcomes.values():
                 if o.gating:
-                    cli.console.print(f"[bold red]{c.name}[/] {o.message}", highlight=False)
+                    cli.console.print(f"[bold red]{c.name}[/] {o.message}", highlight=False, soft_wrap=True)
         for w in report.warnings:
-            cli.err.print(f"[yellow]warning:[/] {w}", highlight=False)
-        cli.console.print(f"report: {paths['json']}  summary: {paths['markdown']}  plots: {out_dir / 'plots'}", highlight=False)
+            cli.err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        cli.console.print(f"report: {paths['json']}  summary: {paths['markdown']}  plots: {out_dir / 'plots'}", highlight=False, soft_wrap=True)
     summary = os.environ.get("GITHUB_STEP_SUMMARY") if args.github_summary else None
     if summary:
         with open(summary, "a", encoding="utf-8") as fh:
@@ -72,13 +72,13 @@ def cmd_baselines(args) -> int:
     try:
         if args.action == "update":
             if not args.encoder or not args.dataset:
-                cli.err.print("[bold red]error:[/] baselines update needs --encoder and --dataset", highlight=False)
+                cli.err.print("[bold red]error:[/] baselines update needs --encoder and --dataset", highlight=False, soft_wrap=True)
                 return EXIT_ERROR
             options = {"dtype": args.dtype, **({"device": args.device} if args.device else {})}
             done = bl.update(root, args.encoder, args.dataset, args.split, args.data_dir, **options)
             for b in done:
                 cli.console.print(f"wrote {b.path}: {b.encoder} {b.dataset}/{b.split} NDCG@10 {b.ndcg10:.4f} ({b.n_queries} queries)",
-                                  highlight=False)
+                                  highlight=False, soft_wrap=True)
             return EXIT_PASS
         paths = bl.stored(root)
         wanted = [(p.parent.name, *p.stem.rsplit("-", 1)) for p in paths]
@@ -88,7 +88,7 @@ def cmd_baselines(args) -> int:
             wanted = [w for w in wanted if w[1] in args.dataset]
         if not wanted:
             cli.err.print(f"no stored baselines under {root} match; create them with `harness baselines update --encoder minilm "
-                          f"--dataset scifact,nfcorpus`", highlight=False)
+                          f"--dataset scifact,nfcorpus`", highlight=False, soft_wrap=True)
             return EXIT_ERROR if args.action == "verify" else EXIT_PASS
         from rich.table import Table
 
@@ -106,12 +106,12 @@ def cmd_baselines(args) -> int:
                 except bl.ProvenanceError as exc:
                     bad += 1
                     status = "[bold red]MISMATCH[/]"
-                    cli.err.print(f"[bold red]error:[/] {exc}", highlight=False)
+                    cli.err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             t.add_row(encoder, dataset, split, f"{b.ndcg10:.4f}", str(b.n_queries), str(b.provenance.get("harness_version")), status)
         cli.console.print(t)
         return EXIT_ERROR if bad else EXIT_PASS
     except _errors() as exc:
-        cli.err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        cli.err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_ERROR
 
 

@@ -119,7 +119,7 @@ def table(report):
 
 # -- markdown --------------------------------------------------------------------------------------
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def markdown(report, plots: dict[str, str] | None = None) -> str:

@@ -78,6 +78,11 @@ TRAIN_KEYS = {
     "max_pairs": "cap on training pairs",
     "seed": "training seed",
     "device": "torch device",
+    "weight_decay": "AdamW weight decay",
+    "train_split": "qrels split the training pairs come from (default train)",
+    "probe_pairs": "training pairs telemetry is measured on",
+    "samples_per_epoch": "training steps sampled into telemetry",
+    "eval_doc_sample": "documents per eval dataset for RankMe and uniformity",
 }
 
 
@@ -164,7 +169,7 @@ class _Ctx:
 
     def fail(self, key: str, problem: str, choices=None) -> SuiteError:
         valid = f" Valid choices: {_choices(choices)}." if choices is not None else ""
-        return SuiteError(f"{self.path}: key {key!r}: {problem}.{valid}")
+        return SuiteError(f"{self.path}: key {key!r}: {problem.rstrip('.')}.{valid}")
 
     def expect(self, key: str, value: Any, types: type | tuple, what: str) -> Any:
         if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
@@ -318,6 +323,7 @@ def load_suite(path: str | Path) -> Suite:
             if check not in effective:
                 raise ctx.fail(f"{where}.expect_fail", f"{check!r} is not a check run for this candidate", effective)
             ctx.expect(f"{where}.expect_fail.{check}", reason, str, "a reason (string)")
+        _validate_components(ctx, where, head, head_options, {**((pretrain or {}).get("losses") or {}), **cand_losses})
         candidates.append(
             CandidateSpec(
                 name=cname, head=head, losses=cand_losses, head_options=head_options,
@@ -341,6 +347,21 @@ def load_suite(path: str | Path) -> Suite:
     )
 
 
+def _validate_components(ctx: _Ctx, where: str, head: str, head_options: dict, losses: dict) -> None:
+    """Build the head (on 8-d inputs) and each loss once, so a wrong option fails here, not mid-run."""
+    from harness.train import build_head, build_loss
+
+    try:
+        build_head(head, 8, head_options)
+    except ValueError as exc:
+        raise ctx.fail(f"{where}.head_options", str(exc)) from None
+    for name, spec in losses.items():
+        try:
+            build_loss(name, spec if isinstance(spec, dict) else {})
+        except ValueError as exc:
+            raise ctx.fail(f"{where}.losses.{name}", str(exc)) from None
+
+
 def _validate_train(ctx: _Ctx, where: str, table: dict, datasets_known: dict) -> None:
     ctx.unknown(where, table, TRAIN_KEYS)
     if "datasets" in table:
@@ -348,11 +369,15 @@ def _validate_train(ctx: _Ctx, where: str, table: dict, datasets_known: dict) ->
         for i, d in enumerate(table["datasets"]):
             if d not in datasets_known:
                 raise ctx.fail(f"{where}datasets[{i}]", f"unknown dataset {d!r}", datasets_known)
-    for key in ("epochs", "batch_size", "max_pairs", "seed"):
+    for key in ("epochs", "batch_size", "max_pairs", "seed", "probe_pairs", "samples_per_epoch", "eval_doc_sample"):
         if key in table:
             ctx.expect(f"{where}{key}", table[key], int, "an integer")
             if key != "seed" and table[key] < 1:
                 raise ctx.fail(f"{where}{key}", f"must be >= 1, got {table[key]}")
+    if "weight_decay" in table:
+        ctx.expect(f"{where}weight_decay", table["weight_decay"], (int, float), "a number")
+    if "train_split" in table:
+        ctx.expect(f"{where}train_split", table["train_split"], str, "a split name")
     if "lr" in table:
         ctx.expect(f"{where}lr", table["lr"], (int, float), "a number")
         if not table["lr"] > 0:

@@ -109,4 +109,5 @@ class BeatsBaseline(BaseCheck):
 
 @hookimpl
 def register_checks(register):
-    register("beats_baseline", BeatsBaseline())
+    check = BeatsBaseline()
+    register("beats_baseline", check, description=check.description)

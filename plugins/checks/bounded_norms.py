@@ -91,4 +91,5 @@ class BoundedNorms(BaseCheck):
 
 @hookimpl
 def register_checks(register):
-    register("bounded_norms", BoundedNorms())
+    check = BoundedNorms()
+    register("bounded_norms", check, description=check.description)

@@ -46,4 +46,5 @@ class Finite(BaseCheck):
 
 @hookimpl
 def register_checks(register):
-    register("finite", Finite())
+    check = Finite()
+    register("finite", check, description=check.description)

@@ -102,4 +102,5 @@ class LossProperties(BaseCheck):
 
 @hookimpl
 def register_checks(register):
-    register("loss_properties", LossProperties())
+    check = LossProperties()
+    register("loss_properties", check, description=check.description)

@@ -39,4 +39,5 @@ class NoCollapse(BaseCheck):
 
 @hookimpl
 def register_checks(register):
-    register("no_collapse", NoCollapse())
+    check = NoCollapse()
+    register("no_collapse", check, description=check.description)

@@ -11,6 +11,7 @@ class NoDegradation(BaseCheck):
     defaults = {
         "max_rel_drop": 0.03,  # (best - last) / best, per dataset and for the mean over datasets
         "from_epoch": 0,  # epochs considered for "best" (0 = the untrained head counts too)
+        "min_abs_drop": 0.005,  # a smaller absolute fall is query noise, whatever its relative size
     }
     cause = (
         "training optimises a proxy that parts ways with ranking: the loss keeps improving while retrieval gets "
@@ -22,7 +23,7 @@ class NoDegradation(BaseCheck):
         "rewards doing nothing (e.g. residual_l2) or that ignores ranking"
     )
 
-    def run(self, candidate, max_rel_drop=0.03, from_epoch=0):
+    def run(self, candidate, max_rel_drop=0.03, from_epoch=0, min_abs_drop=0.005):
         run = need_run(self, candidate)
         epochs = [e for e in run.epochs if e.epoch >= from_epoch and e.ndcg10]
         if len(epochs) < 2:
@@ -39,22 +40,26 @@ class NoDegradation(BaseCheck):
             drop = (best - values[-1]) / best if best > 0 else 0.0
             drops[name] = {"best": best, "best_epoch": nums[best_i], "last": values[-1], "rel_drop": drop}
         details = {"curves": curves, "epochs": nums, "drops": drops}
-        worst = max(drops, key=lambda n: drops[n]["rel_drop"])
+        failing = [n for n in drops if drops[n]["rel_drop"] > max_rel_drop and drops[n]["best"] - drops[n]["last"] > min_abs_drop]
+        worst = max(failing or drops, key=lambda n: drops[n]["rel_drop"])
         w = drops[worst]
-        if w["rel_drop"] > max_rel_drop:
+        if failing:
             trail = " -> ".join(f"{v:.4f}" for v in curves[worst])
             where = "mean eval" if worst == "mean" else worst
             return self.failed(
                 f"{where} NDCG@10 fell {w['rel_drop']:.1%} from {w['best']:.4f} at epoch {w['best_epoch']} to "
-                f"{w['last']:.4f} at epoch {last.epoch} (epochs {nums[0]}-{nums[-1]}: {trail}; bound {max_rel_drop:.1%})",
+                f"{w['last']:.4f} at epoch {last.epoch} (epochs {nums[0]}-{nums[-1]}: {trail}; bound {max_rel_drop:.1%}, "
+                f"falls under {min_abs_drop} ignored)",
                 w["rel_drop"], max_rel_drop, last.epoch, dataset=worst, **details,
             )
         return self.passed(
-            f"largest fall from the best epoch {w['rel_drop']:.1%} ({worst}; bound {max_rel_drop:.1%}); last-epoch mean NDCG@10 "
+            f"largest fall from the best epoch {w['rel_drop']:.1%} ({worst}, {w['best'] - w['last']:.4f} absolute; bound "
+            f"{max_rel_drop:.1%} and > {min_abs_drop}); last-epoch mean NDCG@10 "
             f"{fmt(curves['mean'][-1])}", w["rel_drop"], max_rel_drop, last.epoch, **details,
         )
 
 
 @hookimpl
 def register_checks(register):
-    register("no_degradation", NoDegradation())
+    check = NoDegradation()
+    register("no_degradation", check, description=check.description)

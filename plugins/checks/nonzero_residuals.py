@@ -73,4 +73,5 @@ class NonzeroResiduals(BaseCheck):
 
 @hookimpl
 def register_checks(register):
-    register("nonzero_residuals", NonzeroResiduals())
+    check = NonzeroResiduals()
+    register("nonzero_residuals", check, description=check.description)

@@ -72,4 +72,5 @@ class SimilarityConsistency(BaseCheck):
 
 @hookimpl
 def register_checks(register):
-    register("similarity_consistency", SimilarityConsistency())
+    check = SimilarityConsistency()
+    register("similarity_consistency", check, description=check.description)

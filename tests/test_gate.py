@@ -1,0 +1,166 @@
+"""The gate end to end: `harness run` on small real suites (MiniLM, cached embeddings), its exit codes,
+reports, strict expected failures, baseline provenance, --require-gpu, and pytest's collection of suites."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SUITE = """\
+version = 1
+name = "tiny"
+encoder = "minilm"
+datasets = ["scifact"]
+baselines_dir = "{baselines}"
+[train]
+datasets = ["scifact"]
+epochs = 3
+max_pairs = 1000
+[checks.finite]
+[checks.loss_properties]
+max_examples = 100
+[checks.bounded_norms]
+[checks.beats_baseline]
+encoder = "minilm"
+permutations = 2000
+[[candidates]]
+name = "identity"
+head = "identity"
+expect_fail = {{ beats_baseline = "it is the baseline" }}
+[[candidates]]
+name = "asym-dot"
+head = "asymmetric"
+losses = {{ infonce_dot = {{ weight = 1.0, temperature = 1.0 }} }}
+expect_fail = ["loss_properties", "bounded_norms", "beats_baseline"]
+"""
+
+
+@pytest.fixture()
+def baselines(tmp_path):
+    """A private copy of the stored MiniLM baselines (tests may corrupt it)."""
+    target = tmp_path / "baselines"
+    shutil.copytree(ROOT / "baselines" / "minilm", target / "minilm")
+    return target
+
+
+def suite_file(folder: Path, baselines: Path, text: str = SUITE) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tiny.toml"
+    path.write_text(text.format(baselines=baselines))
+    return path
+
+
+def test_run_passes_when_every_failure_is_expected(tmp_path, baselines, data_dir, capsys):
+    out = tmp_path / "report"
+    code = main(["run", str(suite_file(tmp_path / "suites", baselines)), "--out", str(out), "--no-github-summary"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = json.loads((out / "report.json").read_text())
+    outcomes = {c["name"]: {k: v["outcome"] for k, v in c["checks"].items()} for c in report["candidates"]}
+    assert outcomes["identity"] == {"finite": "pass", "loss_properties": "n/a", "bounded_norms": "pass", "beats_baseline": "xfail"}
+    assert outcomes["asym-dot"] == {"finite": "pass", "loss_properties": "xfail", "bounded_norms": "xfail", "beats_baseline": "xfail"}
+    summary = (out / "summary.md").read_text()
+    assert "Gate `tiny`: ✅ PASS" in summary and "Likely cause" in summary and "seed 002" in summary
+    assert (out / "plots" / "asym-dot.png").stat().st_size > 10000 and (out / "plots" / "identity.png").is_file()
+    assert (out / "runs" / "asym-dot" / "telemetry.json").is_file()
+    assert not list(out.rglob(".*tmp*")), "temporary files left behind"
+
+
+def test_strict_xpass_and_unexpected_failure_turn_the_gate_red(tmp_path, baselines, data_dir, capsys):
+    text = SUITE.replace('expect_fail = ["loss_properties", "bounded_norms", "beats_baseline"]', 'expect_fail = ["beats_baseline"]')
+    text = text.replace('expect_fail = {{ beats_baseline = "it is the baseline" }}',
+                        'expect_fail = {{ beats_baseline = "it is the baseline", finite = "pretend" }}')
+    out = tmp_path / "report"
+    code = main(["run", str(suite_file(tmp_path / "suites", baselines, text)), "--out", str(out), "--no-github-summary"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    report = json.loads((out / "report.json").read_text())
+    checks = {c["name"]: c["checks"] for c in report["candidates"]}
+    assert checks["identity"]["finite"]["outcome"] == "xpass"
+    assert "no longer catches this known failure" in checks["identity"]["finite"]["message"]
+    assert checks["asym-dot"]["bounded_norms"]["outcome"] == "fail" and checks["asym-dot"]["loss_properties"]["outcome"] == "fail"
+    assert report["verdict"] == "fail" and "XPASS" in printed
+    assert "What turned the gate red" in (out / "summary.md").read_text()
+
+
+def test_provenance_mismatch_stops_before_training(tmp_path, baselines, data_dir, capsys):
+    path = baselines / "minilm" / "scifact-test.json"
+    stored = json.loads(path.read_text())
+    stored["provenance"]["max_length"] = 512
+    path.write_text(json.dumps(stored))
+    out = tmp_path / "report"
+    code = main(["run", str(suite_file(tmp_path / "suites", baselines)), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "'max_length'" in err and "512" in err and "256" in err and "harness baselines update --encoder minilm --dataset scifact" in err
+    assert not out.exists(), "nothing may be written when nothing was compared"
+
+
+def test_missing_baseline_names_the_command(tmp_path, data_dir, capsys):
+    code = main(["run", str(suite_file(tmp_path / "suites", tmp_path / "empty")), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no stored baseline" in err and "harness baselines update --encoder minilm" in err
+
+
+def test_baselines_update_is_atomic_and_verifiable(tmp_path, data_dir, capsys):
+    from harness import baselines as bl
+
+    root = tmp_path / "b"
+    assert main(["baselines", "update", "--encoder", "minilm", "--dataset", "scifact", "--baselines-dir", str(root)]) == 0
+    fresh = json.loads((root / "minilm" / "scifact-test.json").read_text())
+    shipped = json.loads((ROOT / "baselines" / "minilm" / "scifact-test.json").read_text())
+    assert fresh["per_query_ndcg10"] == pytest.approx(shipped["per_query_ndcg10"], abs=1e-6)
+    assert fresh["provenance"]["encoder_sha256"] == shipped["provenance"]["encoder_sha256"]
+    assert main(["baselines", "verify", "--baselines-dir", str(root)]) == 0
+    # all or nothing: a failure while computing the second dataset leaves the first untouched
+    before = (root / "minilm" / "scifact-test.json").read_text()
+    code = main(["baselines", "update", "--encoder", "minilm", "--dataset", "scifact,nosuchset", "--baselines-dir", str(root)])
+    assert code == 2 and (root / "minilm" / "scifact-test.json").read_text() == before
+    assert sorted(p.name for p in (root / "minilm").iterdir()) == ["scifact-test.json"]
+    capsys.readouterr()
+    with pytest.raises(bl.ProvenanceError, match="'dtype'"):
+        b = bl.load(root, "minilm", "scifact", "test")
+        bl.verify(b, {**b.provenance, "dtype": "bf16"})
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_require_gpu_fails_loudly_without_cuda(tmp_path, baselines, capsys):
+    code = main(["run", str(ROOT / "suites" / "gpu_suite.toml"), "--require-gpu", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--require-gpu: no CUDA device" in err and not (tmp_path / "r").exists()
+
+
+def test_pytest_collects_suites_into_candidate_x_check_items(tmp_path, baselines, data_dir):
+    path = suite_file(tmp_path / "suites", baselines)
+    gpu = tmp_path / "suites" / "tinygpu.toml"
+    gpu.write_text(path.read_text().replace('name = "tiny"', 'name = "tinygpu"\nrequires_gpu = true'))
+    junit = tmp_path / "junit.xml"
+    env = {**os.environ, "HARNESS_DATA_DIR": str(data_dir)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(path), str(gpu), "-p", "no:cacheprovider", "-q", "-rs",
+                           f"--junitxml={junit}", "--rootdir", str(tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cases = {}
+    for c in ET.parse(junit).getroot().iter("testcase"):
+        kinds = [ch.get("type") if ch.tag == "skipped" else ch.tag for ch in c if ch.tag != "properties"]
+        cases[f"{c.get('classname').split('.toml.')[0].rsplit('.', 1)[-1]}::{c.get('classname').rsplit('.', 1)[-1]}::{c.get('name')}"] = kinds
+    assert len(cases) == 16  # 2 suites x 2 candidates x 4 checks
+    xfailed = sorted(k for k, v in cases.items() if v == ["pytest.xfail"] and k.startswith("tiny::"))
+    assert xfailed == ["tiny::asym-dot::beats_baseline", "tiny::asym-dot::bounded_norms", "tiny::asym-dot::loss_properties",
+                       "tiny::identity::beats_baseline"]
+    assert all(v == [] for k, v in cases.items() if k.startswith("tiny::") and k not in xfailed)  # passed
+    gpu_items = [v for k, v in cases.items() if k.startswith("tinygpu::")]
+    if not __import__("torch").cuda.is_available():
+        assert all(v == ["pytest.skip"] for v in gpu_items), gpu_items
+    if not __import__("torch").cuda.is_available():
+        assert "needs a CUDA GPU" in proc.stdout
+        proc = subprocess.run([sys.executable, "-m", "pytest", str(gpu), "-p", "no:cacheprovider", "-q", "--require-gpu",
+                               "-k", "identity and finite", "--rootdir", str(tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert proc.returncode == 1 and "no CUDA device" in proc.stdout, proc.stdout
