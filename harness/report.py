@@ -249,7 +249,7 @@ def plot_candidate(c, path: Path) -> Path | None:
     ax.plot(ep, [e.rankme for e in run.epochs], marker="o", label="RankMe")
     if run.baseline_rankme == run.baseline_rankme:
         ax.axhline(run.baseline_rankme, color="gray", linestyle="--", linewidth=1, label="frozen encoder")
-    ax.set_title("effective rank of document embeddings")
+    ax.set_title("effective rank (RankMe, worse side)")
     ax.legend(fontsize=7)
 
     for ax in axes.flat:
