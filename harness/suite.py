@@ -79,6 +79,7 @@ TRAIN_KEYS = {
     "seed": "training seed",
     "device": "torch device",
     "weight_decay": "AdamW weight decay",
+    "max_grad_norm": "clip the gradient norm to this (default: no clipping)",
     "train_split": "qrels split the training pairs come from (default train)",
     "probe_pairs": "training pairs telemetry is measured on",
     "samples_per_epoch": "training steps sampled into telemetry",

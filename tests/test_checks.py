@@ -27,13 +27,19 @@ def candidate(config, run=None, store=None):
 
 @pytest.fixture(scope="module")
 def trained(data_dir):
-    """Three real runs: seed 002's raw-dot asymmetric head, seed 004's collapse regime, the identity head."""
+    """Three real runs: seed 002's raw-dot asymmetric head, seed 004's ResPred as its code builds it, the identity head."""
     from harness.train import TrainConfig, train
 
     configs = {
         "asym-dot": dict(head="asymmetric", losses={"infonce_dot": {"weight": 1.0, "temperature": 1.0}}),
-        "respred-collapse": dict(head="respred", head_options={"learn_alpha": False},
-                                 losses={"isotropy": {"weight": 1.5}, "predictive": {"weight": 1.2}, "residual_l2": {"weight": 38.4}}),
+        "respred-seed004": dict(
+            head="respred",
+            head_options={"projection": True, "hidden": "2x", "dropout": 0.1, "score_with": "projection", "similarity": "dot"},
+            losses={"isotropy": {"weight": 1.5, "form": "cov", "on": "joint"},
+                    "predictive": {"weight": 1.2, "source": "prediction", "stop_grad": True},
+                    "residual_l2": {"weight": 0.01, "reduction": "row_sum"}},
+            weight_decay=0.01, max_grad_norm=1.0,
+        ),
         "identity": dict(head="identity"),
     }
     return {n: train(TrainConfig.from_dict({**SMOKE, **c, "data_dir": str(data_dir)}), progress=False) for n, c in configs.items()}
@@ -88,7 +94,7 @@ def test_identity_passes_everything_but_its_own_baseline(trained, data_dir):
 
 
 def test_nonzero_residuals_catches_collapse(trained):
-    run = trained["respred-collapse"]
+    run = trained["respred-seed004"]
     r = run_check("nonzero_residuals", candidate(run.config, run))
     assert not r.passed and r.measured < 0.01 and r.epoch >= 1, r.message
     assert run_check("nonzero_residuals", candidate(run.config, run), min_correction_rel=r.measured / 2,

@@ -34,7 +34,8 @@ def test_shipped_suites_load():
     smoke = load_suite(ROOT / "suites" / "smoke.toml")
     assert smoke.encoder == "minilm" and not smoke.requires_gpu
     names = [c.name for c in smoke.candidates]
-    assert {"identity", "asym-dot", "asym-cos", "respred-collapse"} <= set(names)
+    assert {"identity", "asym-dot", "asym-cos", "respred-seed004"} <= set(names)
+    assert {"nonzero_residuals", "no_degradation"} <= set(smoke.candidate("respred-seed004").expect_fail)
     assert "bounded_norms" in smoke.candidate("asym-dot").expect_fail
     assert "bounded_norms" not in smoke.candidate("asym-cos").expect_fail
     assert set(smoke.candidate("identity").expect_fail) == {"beats_baseline"}

@@ -39,7 +39,8 @@ def outputs(example):
     q, d = F.normalize(x, dim=1), F.normalize(y, dim=1)
     sq = q * scale if side in ("both", "query") else q
     sd = d * scale if side in ("both", "doc") else d
-    return HeadOutput(q, d, q, d), HeadOutput(sq, sd, q, d)
+    # Predictor heads score a prediction of the document from the query side: it scales with the queries.
+    return HeadOutput(q, d, q, d, {"prediction": q}), HeadOutput(sq, sd, q, d, {"prediction": sq})
 
 
 class LossProperties(BaseCheck):
