@@ -24,7 +24,10 @@ class NoCollapse(BaseCheck):
         details = {"baseline_rankme": base, "rankme": {e: r for e, r, _ in ratios}}
         if not ratios:
             return self.failed("no epoch reports a finite RankMe", None, min_rankme_ratio, run.epochs[-1].epoch, **details)
-        for epoch, r, ratio in ratios:
+        # An untrained head (epoch 0) is random for most heads: gate what training made of it. A frozen head
+        # has only epoch 0, which is then what is judged.
+        judged = [x for x in ratios if x[0] >= 1] or ratios
+        for epoch, r, ratio in judged:
             if ratio < min_rankme_ratio:
                 trail = " -> ".join(fmt(x) for _, x, _ in ratios)
                 return self.failed(
@@ -32,7 +35,7 @@ class NoCollapse(BaseCheck):
                     f"(epochs {ratios[0][0]}-{ratios[-1][0]}: {trail}; bound >= {min_rankme_ratio:.0%})",
                     ratio, min_rankme_ratio, epoch, **details,
                 )
-        epoch, r, ratio = min(ratios, key=lambda x: x[2])
+        epoch, r, ratio = min(judged, key=lambda x: x[2])
         return self.passed(f"lowest RankMe {fmt(r)} = {ratio:.0%} of the frozen encoder's {fmt(base)} (epoch {epoch}; bound >= "
                            f"{min_rankme_ratio:.0%})", ratio, min_rankme_ratio, epoch, **details)
 
