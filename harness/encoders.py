@@ -49,10 +49,9 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "sha256": digest.hexdigest(), "path": str(path)}))
-    os.replace(tmp, memo)
+    from harness.files import write_atomic
+
+    write_atomic(memo, json.dumps({"key": key, "sha256": digest.hexdigest(), "path": str(path)}).encode())
     return digest.hexdigest()
 
 

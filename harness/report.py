@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import __version__
+from harness.files import write_atomic
 
 SYMBOL = {"pass": "PASS", "n/a": "n/a", "fail": "FAIL", "xfail": "XFAIL", "xpass": "XPASS", "error": "ERROR"}
 STYLE = {"pass": "green", "n/a": "dim", "fail": "bold red", "xfail": "yellow", "xpass": "bold red", "error": "bold red"}
@@ -32,16 +33,6 @@ def _clean(value: Any) -> Any:
         return _clean(value.item())
     except AttributeError:
         return str(value)
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -277,7 +268,7 @@ def write(report, out_dir: str | Path) -> dict[str, Path]:
         if p is not None:
             plots[c.name] = str(p.relative_to(out_dir))
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "summary.md"}
-    _write(paths["json"], (json.dumps(to_dict(report), indent=1, allow_nan=False) + "\n").encode())
-    _write(paths["markdown"], markdown(report, plots).encode())
+    write_atomic(paths["json"], (json.dumps(to_dict(report), indent=1, allow_nan=False) + "\n").encode())
+    write_atomic(paths["markdown"], markdown(report, plots).encode())
     paths.update({f"plot:{k}": out_dir / v for k, v in plots.items()})
     return paths

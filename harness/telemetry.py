@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from harness.files import write_atomic
 from harness.types import EpochRecord, TrainRun
 
 FORMAT = 1
@@ -131,16 +131,6 @@ def run_from_dict(d: dict) -> TrainRun:
     if "baseline_rankme" in d:
         d["baseline_rankme"] = _nan(d["baseline_rankme"])
     return TrainRun(**d)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_run(run: TrainRun, path: Path) -> Path:

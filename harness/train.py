@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import telemetry as tm
+from harness.files import write_atomic
 from harness.types import EpochRecord, Head, HeadOutput, TrainRun
 
 
@@ -443,7 +444,7 @@ def _save_head(head: Head, state: dict, path: Path, meta: dict) -> None:
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    tm.write_atomic(path, save(tensors, metadata={k: json.dumps(v) for k, v in meta.items()}))
+    write_atomic(path, save(tensors, metadata={k: json.dumps(v) for k, v in meta.items()}))
 
 
 def load_head(path: str | Path, device: str = "cpu") -> Head:
