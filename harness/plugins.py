@@ -43,6 +43,7 @@ DEFAULT_PLUGINS = (
     "plugins.checks.beats_baseline",
     "plugins.checks.similarity_consistency",
     "plugins.checks.loss_properties",
+    "plugins.checks.rerank_depth",
 )
 
 

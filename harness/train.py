@@ -289,6 +289,7 @@ class EvalSet:
     pos_q: torch.Tensor  # positive pairs (indices) for alignment
     pos_d: torch.Tensor
     reference_top10: dict[str, list[str]] = field(default_factory=dict)
+    reference_order: torch.Tensor | None = None  # (queries, RERANK_DEPTHS[-1]) frozen ranking, corpus indices
 
 
 def load_eval(config: TrainConfig, gen: torch.Generator) -> list[EvalSet]:
@@ -311,6 +312,26 @@ def _encode(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device:
     return torch.cat([fn(x[i : i + chunk].to(device)).float().cpu() for i in range(0, len(x), chunk)])
 
 
+RERANK_DEPTHS = (10, 100, 1000)
+
+
+def rerank_ndcg10(s: EvalSet, q: torch.Tensor, d: torch.Tensor, similarity: str) -> dict[str, float]:
+    """NDCG@10 of the head reranking only the frozen encoder's top k, for each k in ``RERANK_DEPTHS``."""
+    from harness.metrics import mean, ndcg_at_k
+    from harness.retrieval import similarity_matrix
+
+    out = {}
+    scores = torch.cat([similarity_matrix(q[i : i + 1024], d, similarity) for i in range(0, len(q), 1024)])
+    order = s.reference_order
+    for k in RERANK_DEPTHS:
+        cand = order[:, : min(k, order.shape[1])]
+        picked = scores.gather(1, cand).double().tolist()
+        run = {qid: {s.d_ids[j]: v for j, v in zip(row, vals) if s.d_ids[j] != qid}
+               for qid, row, vals in zip(s.q_ids, cand.tolist(), picked)}
+        out[str(k)] = mean(ndcg_at_k(run, s.qrels, 10))
+    return out
+
+
 def evaluate_head(head: Head, sets: list[EvalSet], device: torch.device, similarity: str | None = None) -> dict:
     """NDCG@10 (mean and per query), top-10 overlap with the frozen ranking, RankMe, alignment, uniformity.
 
@@ -323,7 +344,7 @@ def evaluate_head(head: Head, sets: list[EvalSet], device: torch.device, similar
     similarity = similarity or head.similarity
     was_training = head.training
     head.eval()
-    out: dict[str, Any] = {"ndcg10": {}, "per_query_ndcg10": {}, "top10_overlap": {}, "runs_top10": {}}
+    out: dict[str, Any] = {"ndcg10": {}, "per_query_ndcg10": {}, "top10_overlap": {}, "runs_top10": {}, "rerank_ndcg10": {}}
     qs, dsamp, qa, da = [], [], [], []
     for s in sets:
         q = _encode(head.encode_queries, s.q_emb, device)
@@ -333,6 +354,8 @@ def evaluate_head(head: Head, sets: list[EvalSet], device: torch.device, similar
         out["per_query_ndcg10"][s.name] = scores.per_query_ndcg10
         if s.reference_top10:
             out["top10_overlap"][s.name] = tm.top10_overlap(scores.run, s.reference_top10)
+        if s.reference_order is not None:
+            out["rerank_ndcg10"][s.name] = rerank_ndcg10(s, q, d, similarity)
         from harness.metrics import rank
 
         out["runs_top10"][s.name] = {qid: rank(docs)[:10] for qid, docs in scores.run.items()}
@@ -516,8 +539,11 @@ def _train(config: TrainConfig, out_dir: Path | None, progress: bool, on_epoch) 
     # the frozen encoder, i.e. the identity head, on the eval datasets
     frozen = build_head("identity", dim)
     base = evaluate_head(frozen, sets, torch.device("cpu"), similarity=_encoder_similarity(config.encoder))
+    from harness.retrieval import top_k
+
     for s in sets:
         s.reference_top10 = base["runs_top10"][s.name]
+        s.reference_order = top_k(s.q_emb, s.d_emb, RERANK_DEPTHS[-1], _encoder_similarity(config.encoder))[1]
 
     probe_idx = torch.randperm(len(pairs), generator=gen)[: config.probe_pairs]
     params = [p for p in head.parameters() if p.requires_grad]
@@ -529,7 +555,7 @@ def _train(config: TrainConfig, out_dir: Path | None, progress: bool, on_epoch) 
             epoch=epoch, loss=p["loss"], q_norm=p["q_norm"], d_norm=p["d_norm"], pos_sim=p["pos_sim"], neg_sim=p["neg_sim"],
             grad_norm=p["grad_norm"], residual=p["residual"], rankme=ev["rankme"], alignment=ev["alignment"],
             uniformity=ev["uniformity"], ndcg10=ev["ndcg10"], per_query_ndcg10=ev["per_query_ndcg10"],
-            top10_overlap=ev["top10_overlap"], steps=steps, seconds=seconds,
+            top10_overlap=ev["top10_overlap"], rerank_ndcg10=ev["rerank_ndcg10"], steps=steps, seconds=seconds,
         )
         if on_epoch:
             on_epoch(rec)

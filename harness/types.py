@@ -137,7 +137,9 @@ class EpochRecord:
     emit ``aux["correction"]``: delta_mean, delta_max, alpha, correction_abs_mean, correction_rel
     (= mean |correction| norm / mean input-query norm). ``ndcg10``/``per_query_ndcg10``/``top10_overlap``
     are keyed by evaluation dataset name; ``top10_overlap`` is the mean fraction of each query's top 10
-    shared with the frozen encoder's top 10.
+    shared with the frozen encoder's top 10. ``rerank_ndcg10[dataset][k]`` is NDCG@10 when the head only
+    reranks the frozen encoder's top ``k`` documents (``k`` as a string: "10", "100", "1000"); with
+    ``ndcg10`` (the whole corpus) it shows whether the head gets worse as it scores more candidates.
     """
 
     epoch: int
@@ -154,6 +156,7 @@ class EpochRecord:
     ndcg10: dict[str, float] = field(default_factory=dict)
     per_query_ndcg10: dict[str, dict[str, float]] = field(default_factory=dict)
     top10_overlap: dict[str, float] = field(default_factory=dict)
+    rerank_ndcg10: dict[str, dict[str, float]] = field(default_factory=dict)
     steps: list[dict[str, float]] = field(default_factory=list)  # samples within the epoch
     seconds: float = 0.0
 

@@ -93,6 +93,19 @@ def test_identity_passes_everything_but_its_own_baseline(trained, data_dir):
     assert "ranks exactly like the frozen minilm" in r.message
 
 
+def test_rerank_depth_catches_heads_that_drown_in_documents(trained):
+    bad = trained["asym-dot"]
+    r = run_check("rerank_depth", candidate(bad.config, bad))
+    assert not r.passed and r.measured > 0.03 and "more candidates" in r.message and "seed 003" in r.message
+    frozen = trained["identity"]
+    last = frozen.last_epoch
+    # The frozen encoder reranking its own top k ranks exactly as it retrieves: flat across depths.
+    for dataset, by_depth in last.rerank_ndcg10.items():
+        assert set(by_depth) == {"10", "100", "1000"}
+        assert all(abs(v - last.ndcg10[dataset]) < 1e-12 for v in by_depth.values())
+    assert run_check("rerank_depth", candidate(frozen.config, frozen)).passed
+
+
 def test_nonzero_residuals_catches_collapse(trained):
     run = trained["respred-seed004"]
     r = run_check("nonzero_residuals", candidate(run.config, run))
