@@ -81,9 +81,12 @@ class TransformerEncoder:
         st_config = _read_json(self.path / "sentence_bert_config.json") if self.path else {}
         pooling = _read_json(self.path / "1_Pooling" / "config.json") if self.path else {}
         modules = json.loads((self.path / "modules.json").read_text()) if self.path and (self.path / "modules.json").is_file() else None
-        self.max_length = int(max_length or st_config.get("max_seq_length") or 512)
-        self.pooling = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
-        self.normalize = True if modules is None else any(m.get("type", "").endswith("Normalize") for m in modules)
+        # Without the model folder (weights left behind, e.g. on a GPU machine fed only the embedding
+        # cache), what the cache's manifest remembers of this encoder stands in for its config files.
+        known = {} if self.path else self.manifest()
+        self.max_length = int(max_length or st_config.get("max_seq_length") or known.get("max_length") or 512)
+        self.pooling = known.get("pooling") or ("cls" if pooling.get("pooling_mode_cls_token") else "mean")
+        self.normalize = known.get("normalize", True if modules is None else any(m.get("type", "").endswith("Normalize") for m in modules))
         self.similarity = "cos" if self.normalize else "dot"
         self._model = None
         self._tokenizer = None
@@ -113,21 +116,55 @@ class TransformerEncoder:
         config = _read_json(self.path / "config.json") if self.path else {}
         if "hidden_size" in config:
             return int(config["hidden_size"])
+        if "dim" in self.manifest():
+            return int(self.manifest()["dim"])
         self._load()
         return int(self._model.config.hidden_size)
 
-    def fingerprint(self) -> str:
-        """sha256 of the weight file(s): two encoders with the same fingerprint give the same vectors."""
-        if self._fingerprint is None:
-            if self.path is None:
-                from huggingface_hub import snapshot_download
+    # -- identity ------------------------------------------------------------------------------
+    def manifest_path(self) -> Path:
+        from harness.cache import cache_root
 
-                self.path = Path(snapshot_download(self.model_ref, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
-            files = [self.path / f for f in WEIGHT_FILES if (self.path / f).is_file()]
-            if not files:
-                raise EncoderError(f"no weights ({' or '.join(WEIGHT_FILES)}) in {self.path}")
-            self._fingerprint = hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+        return cache_root() / "encoders" / f"{self.name}.json"
+
+    def manifest(self) -> dict:
+        """What the cache remembers of this encoder (fingerprint, max length, pooling, dim); ``{}`` if nothing."""
+        return _read_json(self.manifest_path())
+
+    def fingerprint(self) -> str:
+        """sha256 of the weight file(s): two encoders with the same fingerprint give the same vectors.
+
+        Recorded in the cache's ``encoders/<name>.json``, so that where the weights are absent (a GPU
+        machine that was sent only the embedding cache) the cached embeddings are still found."""
+        if self._fingerprint is None:
+            try:
+                self._fingerprint = self._hash_weights()
+            except Exception as exc:
+                known = self.manifest()
+                if "fingerprint" not in known:
+                    raise EncoderError(
+                        f"cannot fingerprint encoder {self.name!r}: {exc}. Install its weights (README: models), or "
+                        f"bring the embedding cache together with its {self.manifest_path()} manifest."
+                    ) from exc
+                self._fingerprint = known["fingerprint"]
+                return self._fingerprint
+            from harness.files import write_atomic
+
+            record = {"name": self.name, "model_ref": self.model_ref, "fingerprint": self._fingerprint,
+                      "max_length": self.max_length, "pooling": self.pooling, "normalize": self.normalize, "dim": self.dim}
+            if self.manifest() != record:
+                write_atomic(self.manifest_path(), json.dumps(record, indent=1).encode())
         return self._fingerprint
+
+    def _hash_weights(self) -> str:
+        if self.path is None:
+            from huggingface_hub import snapshot_download
+
+            self.path = Path(snapshot_download(self.model_ref, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+        files = [self.path / f for f in WEIGHT_FILES if (self.path / f).is_file()]
+        if not files:
+            raise EncoderError(f"no weights ({' or '.join(WEIGHT_FILES)}) in {self.path}")
+        return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
 
     # -- encoding ------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]):

@@ -77,3 +77,25 @@ def test_cached_vectors_equal_fresh_ones(tmp_path, minilm, small_scifact):
     cold = embed_side(minilm, small_scifact, "test", "query", cache)
     warm = embed_side(minilm, small_scifact, "test", "query", cache)
     assert warm.cache_hit and torch.equal(cold.emb, warm.emb)
+
+
+def test_cached_embeddings_are_served_without_the_weights(tmp_path, monkeypatch, minilm, small_scifact):
+    """A GPU machine gets the embedding cache, not the weights: the cache's manifest stands in for them."""
+    from harness.encoders import EncoderError, TransformerEncoder
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    cache = EmbeddingCache(tmp_path / "embeddings")
+    with_weights = TransformerEncoder(minilm.model_ref, name="minilm", device="cpu")
+    cold = embed_side(with_weights, small_scifact, "test", "query", cache)
+    manifest = json.loads((tmp_path / "encoders" / "minilm.json").read_text())
+    assert manifest["fingerprint"] == minilm.fingerprint() and manifest["max_length"] == 256 and manifest["dim"] == 384
+
+    absent = tmp_path / "no-such-model"  # neither a folder nor reachable: only the manifest can vouch for it
+    without = TransformerEncoder(str(absent), name="minilm", device="cpu")
+    assert (without.max_length, without.dim, without.fingerprint()) == (256, 384, minilm.fingerprint())
+    warm = embed_side(without, small_scifact, "test", "query", cache)
+    assert warm.cache_hit and torch.equal(warm.emb, cold.emb)
+    with pytest.raises(EncoderError):
+        without.encode(["needs the weights"])
+    with pytest.raises(EncoderError, match="cannot fingerprint encoder 'other'.*manifest"):
+        TransformerEncoder(str(absent), name="other", device="cpu").fingerprint()
