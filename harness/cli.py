@@ -24,14 +24,18 @@ the first evaluation of an encoder on a dataset pays for encoding.
 """
 
 EPILOG = """\
-examples:
-  harness eval --encoder minilm --dataset scifact --data-dir ../shared/data/beir
-  harness eval --encoder mpnet --dataset scifact,nfcorpus --json
-  harness plugins
+a first session:
+  harness eval --encoder minilm --dataset scifact --data-dir ../shared/data/beir   # frozen NDCG@10
+  harness train --head asymmetric --loss infonce_dot --epochs 3                   # watch a head's dynamics
+  harness run suites/smoke.toml                                                   # the gate (exit 1 = red)
+  harness plugins                                                                 # what is registered, by whom
+  harness COMMAND --help                                                          # each command's options
 environment:
   HARNESS_DATA_DIR      folder holding BEIR datasets (<dir>/scifact/corpus.jsonl, ...)
   HARNESS_CACHE_DIR     embedding and model cache (default ~/.cache/retrieval-harness)
   HARNESS_LOAD_PLUGINS  entry-point plugins to load: unset = all, empty = none, "a,b" = only those
+  HARNESS_BASELINES_DIR stored baselines (default ./baselines)
+docs: README.md, docs/gate.md (suites, checks), docs/adding-a-head.md, docs/dynamics.md
 """
 
 
