@@ -4,26 +4,7 @@ from torch import nn
 
 from harness import hookimpl
 from harness.types import SIMILARITIES, Head
-
-
-def hidden_width(head: str, dim: int, hidden) -> int | None:
-    """``hidden``: None (no hidden layer), a width, or ``"<k>x"`` = k times the input dim (seeds: ``"2x"``)."""
-    if hidden is None or hidden is False:
-        return None
-    if isinstance(hidden, str) and hidden.endswith("x"):
-        try:
-            return max(1, round(float(hidden[:-1]) * dim))
-        except ValueError:
-            pass
-    elif isinstance(hidden, int) and not isinstance(hidden, bool) and hidden > 0:
-        return hidden
-    raise ValueError(f"{head}: hidden must be a positive width or '<k>x' (k times dim, e.g. '2x'), got {hidden!r}")
-
-
-def check_dropout(head: str, dropout) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"{head}: dropout must be a number in [0, 1), got {dropout!r}")
-    return float(dropout)
+from plugins.heads._layers import check_dropout, hidden_width
 
 
 def projection(dim: int, out_dim: int, hidden: int | None, init: str, dropout: float = 0.0) -> nn.Module:

@@ -3,9 +3,8 @@ import torch
 from torch import nn
 
 from harness import hookimpl
-from harness.types import SIMILARITIES, Head, HeadOutput
-from plugins.heads.asymmetric import check_dropout, hidden_width
-from plugins.heads.respred import SCORE_WITH, mlp
+from harness.types import Head, HeadOutput
+from plugins.heads._layers import check_dropout, check_scoring, hidden_width, mlp
 
 
 class IsoPred(Head):
@@ -27,13 +26,7 @@ class IsoPred(Head):
     def __init__(self, dim: int, hidden: int | str | None = None, projection: bool = False, dropout: float = 0.0,
                  score_with: str = "predictor", similarity: str = "cos"):
         super().__init__(dim)
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"isopred: similarity must be one of {SIMILARITIES}, got {similarity!r}")
-        if score_with not in SCORE_WITH:
-            raise ValueError(f"isopred: score_with must be one of {SCORE_WITH}, got {score_with!r}")
-        if score_with == "projection" and not projection:
-            raise ValueError("isopred: score_with='projection' needs projection=True (without a projection "
-                             "the query side would be the frozen encoder itself)")
+        check_scoring("isopred", similarity, score_with, projection)
         self.similarity = similarity
         self.score_with = score_with
         width = hidden_width("isopred", dim, hidden) or dim

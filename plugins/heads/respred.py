@@ -3,15 +3,8 @@ import torch
 from torch import nn
 
 from harness import hookimpl
-from harness.types import SIMILARITIES, Head, HeadOutput
-from plugins.heads.asymmetric import check_dropout, hidden_width
-
-SCORE_WITH = ("predictor", "projection")
-
-
-def mlp(dim: int, hidden: int, dropout: float) -> nn.Sequential:
-    drop = [nn.Dropout(dropout)] if dropout else []
-    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), *drop, nn.Linear(hidden, dim))
+from harness.types import Head, HeadOutput
+from plugins.heads._layers import check_dropout, check_scoring, hidden_width, mlp
 
 
 class ResPred(Head):
@@ -37,13 +30,7 @@ class ResPred(Head):
                  alpha_init: float = 0.1, projection: bool = False, dropout: float = 0.0,
                  score_with: str = "predictor", similarity: str = "cos"):
         super().__init__(dim)
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"respred: similarity must be one of {SIMILARITIES}, got {similarity!r}")
-        if score_with not in SCORE_WITH:
-            raise ValueError(f"respred: score_with must be one of {SCORE_WITH}, got {score_with!r}")
-        if score_with == "projection" and not projection:
-            raise ValueError("respred: score_with='projection' needs projection=True (without a projection "
-                             "the query side would be the frozen encoder itself)")
+        check_scoring("respred", similarity, score_with, projection)
         self.similarity = similarity
         self.score_with = score_with
         self.tanh = bool(tanh)
