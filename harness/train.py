@@ -561,7 +561,6 @@ def _train(config: TrainConfig, out_dir: Path | None, progress: bool, on_epoch) 
             on_epoch(rec)
         return rec
 
-    t0 = time.perf_counter()
     first_stage = stages[0][1] if stages else config.losses
     epochs = [record(0, first_stage, 0.0, [])]
     best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}

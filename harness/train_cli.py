@@ -6,11 +6,15 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from harness import cli
+
+if TYPE_CHECKING:
+    from harness.types import TrainRun
 
 console = Console() if sys.stdout.isatty() else Console(width=240)  # a wide table stays readable in logs
 err = Console(stderr=True)
@@ -139,9 +143,7 @@ def _f(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def epoch_table(run) -> Table:
-    from harness.types import TrainRun  # noqa: F401  (documentation of what ``run`` is)
-
+def epoch_table(run: "TrainRun") -> Table:
     names = [k for k in run.epochs[-1].loss if k != "total"]
     datasets = list(run.baseline_ndcg10)
     residual = any(e.residual for e in run.epochs)

@@ -1,6 +1,5 @@
 """Direct predictor (seed 004's ISO15_PRED12): an MLP maps the query embedding to its document's."""
 import torch
-from torch import nn
 
 from harness import hookimpl
 from harness.types import Head, HeadOutput
