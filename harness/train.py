@@ -494,8 +494,6 @@ def train(config: TrainConfig, out_dir: Path | None = None, progress: bool = Tru
     config = copy.deepcopy(config)
     config.validate()
     threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
     try:
         return _train(config, out_dir, progress, on_epoch)
     finally:
@@ -506,8 +504,10 @@ def _train(config: TrainConfig, out_dir: Path | None, progress: bool, on_epoch) 
     device = _device(config)
     gen = torch.Generator().manual_seed(config.seed)
 
-    pairs = load_pairs(config, gen)
+    pairs = load_pairs(config, gen)  # may encode (a cold cache): with every thread torch has
     sets = load_eval(config, gen)
+    if config.threads is not None:  # small heads train fastest on one thread; train() restores the setting
+        torch.set_num_threads(config.threads)
     dim = pairs.queries.shape[1]
     for s in sets:
         if s.q_emb.shape[1] != dim:
