@@ -9,8 +9,8 @@ import torch
 from harness import __version__
 from harness.cache import EmbeddingCache, cache_key
 from harness.data import doc_text
-from harness.metrics import mean, ndcg_at_k, recall_at_k
 from harness.retrieval import to_run, top_k
+from harness.scoring import Judgements, as_dict, evaluate_embeddings, mean, ndcg, recall, topk
 from harness.types import Dataset, Encoder
 
 RETRIEVE_K = 1000  # as BEIR and MTEB: deep enough that Recall@100 never sees the cut
@@ -54,12 +54,10 @@ def embed_side(encoder: Encoder, dataset: Dataset, split: str, side: str, cache:
         ids=cache_key(ids=ids),
     )
     start = time.perf_counter()
-    emb = cache.get(key, ids)
-    hit = emb is not None
-    if not hit:
-        what = "queries" if side == "query" else "corpus"
-        emb = encoder.encode(texts, description=f"{encoder.name}: {dataset.name} {what}")
-        cache.put(key, emb, {"encoder": encoder.name, "dataset": dataset.name, "side": side, "split": split, "n": len(ids)})
+    what = "queries" if side == "query" else "corpus"
+    emb, hit = cache.get_or_compute(
+        key, ids, lambda: encoder.encode(texts, description=f"{encoder.name}: {dataset.name} {what}"),
+        {"encoder": encoder.name, "dataset": dataset.name, "side": side, "split": split, "n": len(ids)})
     return Embedded(ids, emb, hit, time.perf_counter() - start)
 
 
@@ -81,11 +79,21 @@ def score(
     similarity: str,
     ignore_identical_ids: bool = True,
     keep_run: bool = False,
+    judgements: Judgements | None = None,
 ) -> Scores:
-    s, i = top_k(q_emb, d_emb, RETRIEVE_K, similarity)
-    run = to_run(q_ids, d_ids, s, i, ignore_identical_ids)
-    nd, rc = ndcg_at_k(run, qrels, 10), recall_at_k(run, qrels, 100)
-    return Scores(mean(nd), mean(rc), nd, rc, run if keep_run else {})
+    """NDCG@10 and Recall@100 (trec_eval's, per query and mean) of a dense retrieval, on the embeddings' device.
+
+    Computed by ``harness.scoring`` (equal to ``harness.metrics`` on the run, per query). ``keep_run`` also
+    returns the TREC run of the top ``RETRIEVE_K`` as before (``top_k`` + ``to_run``: slow, Python dicts).
+    Pass ``judgements`` (``Judgements(q_ids, d_ids, qrels, ignore_identical_ids)``) to reuse them."""
+    j = judgements if judgements is not None else Judgements(q_ids, d_ids, qrels, ignore_identical_ids)
+    if j.device != q_emb.device:
+        j = j.to(q_emb.device)
+    ev = evaluate_embeddings(q_emb, d_emb, j, similarity, k=10, recall_k=100)
+    run = {}
+    if keep_run:  # top_k's choice among documents tied at the cut, as before (trec order is scoring.topk's)
+        run = to_run(q_ids, d_ids, *top_k(q_emb, d_emb, RETRIEVE_K, similarity), ignore_identical_ids)
+    return Scores(ev.ndcg, ev.recall, ev.per_query, ev.per_query_recall, run)
 
 
 @dataclass
@@ -129,10 +137,10 @@ def evaluate(encoder: Encoder, dataset: Dataset, split: str = "test", cache: Emb
     queries = embed_side(encoder, dataset, split, "query", cache)
     docs = embed_side(encoder, dataset, split, "doc", cache)
     t0 = time.perf_counter()
-    s, i = top_k(queries.emb, docs.emb, RETRIEVE_K, encoder.similarity)
-    run = to_run(queries.ids, docs.ids, s, i)
+    j = Judgements(queries.ids, docs.ids, data.qrels)
+    _, top = topk(queries.emb, docs.emb, j, 100, encoder.similarity)
     t1 = time.perf_counter()
-    nd, rc = ndcg_at_k(run, data.qrels, 10), recall_at_k(run, data.qrels, 100)
+    nd, rc = as_dict(j, ndcg(j, top, 10)), as_dict(j, recall(j, top, 100))
     t2 = time.perf_counter()
     return EvalResult(
         encoder=encoder.name,
