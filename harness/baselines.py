@@ -12,7 +12,9 @@ field, both values and the command that regenerates the baseline.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,8 +57,27 @@ def default_root() -> Path:
     return Path(os.environ.get(BASELINES_ENV) or "baselines")
 
 
+def safe_name(name: str) -> str:
+    """A file-name-safe form of an encoder, dataset or split name.
+
+    A path (``/abs/data/scifact``, ``./models/x``, ``~/m``) becomes its last component; a hub name
+    (``org/model``) becomes ``org--model``; any other character outside ``[A-Za-z0-9._-]`` becomes ``_``
+    and a leading dot is dropped. A baseline file therefore always lies inside the baselines folder."""
+    name = str(name).strip()
+    looks_like_path = os.path.isabs(name) or name.startswith((".", "~")) or Path(name).expanduser().is_dir()
+    if looks_like_path:
+        name = Path(name).expanduser().resolve().name or "root"
+    name = name.replace("\\", "/").strip("/").replace("/", "--")
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return name or "_"
+
+
 def baseline_path(root: str | Path, encoder: str, dataset: str, split: str) -> Path:
-    return Path(root) / encoder / f"{dataset}-{split}.json"
+    root = Path(root)
+    path = root / safe_name(encoder) / f"{safe_name(dataset)}-{safe_name(split)}.json"
+    if os.path.commonpath([os.path.abspath(root), os.path.abspath(path)]) != os.path.abspath(root):  # a last guard
+        raise BaselineError(f"{path}: a baseline must lie inside {root}; use plain encoder and dataset names")
+    return path
 
 
 def update_command(encoder: str, dataset: str, split: str, root: str | Path | None = None) -> str:
@@ -67,24 +88,69 @@ def update_command(encoder: str, dataset: str, split: str, root: str | Path | No
 def load(root: str | Path, encoder: str, dataset: str, split: str) -> Baseline:
     path = baseline_path(root, encoder, dataset, split)
     if not path.is_file():
-        have = sorted(str(p.relative_to(root)) for p in Path(root).glob("*/*.json")) if Path(root).is_dir() else []
+        have = [str(p.relative_to(root)) for p in stored(root)]
         raise BaselineError(
             f"no stored baseline for encoder {encoder!r}, dataset {dataset!r}, split {split!r} ({path} is missing). "
             f"Stored: {', '.join(have) or 'none'}. Create it with `{update_command(encoder, dataset, split, root)}`."
         )
+    cmd = update_command(encoder, dataset, split, root)
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BaselineError(f"{path}: unreadable baseline ({exc}); regenerate it with `{update_command(encoder, dataset, split, root)}`") from exc
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise BaselineError(f"{path}: unreadable baseline ({exc.strerror or exc}); check its permissions or regenerate it with `{cmd}`") from exc
+    except UnicodeDecodeError as exc:
+        raise BaselineError(f"{path}: not UTF-8 (byte offset {exc.start}); regenerate it with `{cmd}`") from exc
+    except json.JSONDecodeError as exc:
+        raise BaselineError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); regenerate it with `{cmd}`") from exc
+    except RecursionError as exc:
+        raise BaselineError(f"{path}: not valid JSON (nested too deeply); regenerate it with `{cmd}`") from exc
+    return from_dict(raw, path, cmd)
+
+
+# key -> (types it may have, what it is); every key a baseline file may hold
+FIELDS = {
+    "format": (int, "the baseline format"),
+    "encoder": (str, "an encoder name"),
+    "dataset": (str, "a dataset name"),
+    "split": (str, "a split name"),
+    "ndcg10": ((int, float), "a number"),
+    "recall100": ((int, float), "a number"),
+    "n_queries": (int, "an integer"),
+    "per_query_ndcg10": (dict, "an object of query id -> NDCG@10"),
+    "provenance": (dict, "an object"),
+    "created": (str, "a timestamp"),
+}
+REQUIRED = ("encoder", "dataset", "split", "ndcg10", "per_query_ndcg10", "provenance")
+
+
+def from_dict(raw, path: Path, cmd: str) -> Baseline:
+    """Validate a baseline file's JSON; every problem is one ``BaselineError`` naming the file and the key."""
+    if not isinstance(raw, dict):
+        raise BaselineError(f"{path}: a JSON {type(raw).__name__}, not a baseline object; regenerate it with `{cmd}`")
     if raw.get("format") != FORMAT:
         raise BaselineError(
-            f"{path}: baseline format {raw.get('format')!r}, this harness reads format {FORMAT}; "
-            f"regenerate it with `{update_command(encoder, dataset, split, root)}`"
+            f"{path}: baseline format {raw.get('format')!r}, this harness reads format {FORMAT}; regenerate it with `{cmd}`"
         )
-    missing = [k for k in ("encoder", "dataset", "split", "ndcg10", "per_query_ndcg10", "provenance") if k not in raw]
+    unknown = sorted(k for k in raw if k not in FIELDS)
+    if unknown:
+        raise BaselineError(f"{path}: unknown key(s) {', '.join(repr(k) for k in unknown)} (known: {', '.join(FIELDS)}); "
+                            f"remove them or regenerate the baseline with `{cmd}`")
+    missing = [k for k in REQUIRED if k not in raw]
     if missing:
-        raise BaselineError(f"{path}: baseline lacks key(s) {', '.join(missing)}; regenerate it with `{update_command(encoder, dataset, split, root)}`")
+        raise BaselineError(f"{path}: baseline lacks key(s) {', '.join(missing)}; regenerate it with `{cmd}`")
+    for key, value in raw.items():
+        types, what = FIELDS[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise BaselineError(f"{path}: key {key!r} must be {what}, not {type(value).__name__}; regenerate it with `{cmd}`")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BaselineError(f"{path}: key {key!r} is {value}; regenerate it with `{cmd}`")
+    for qid, v in raw["per_query_ndcg10"].items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise BaselineError(f"{path}: per_query_ndcg10[{qid!r}] is {v!r}, not a finite number; regenerate it with `{cmd}`")
+    raw = dict(raw)
     raw.pop("format")
+    raw.setdefault("recall100", float("nan"))
+    raw.setdefault("n_queries", len(raw["per_query_ndcg10"]))
     return Baseline(**raw, path=path)
 
 

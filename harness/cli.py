@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from harness import __version__
 from harness.plugins import KINDS, PluginError
@@ -35,8 +42,95 @@ environment:
   HARNESS_CACHE_DIR     embedding and model cache (default ~/.cache/retrieval-harness)
   HARNESS_LOAD_PLUGINS  entry-point plugins to load: unset = all, empty = none, "a,b" = only those
   HARNESS_BASELINES_DIR stored baselines (default ./baselines)
-docs: README.md, docs/gate.md (suites, checks), docs/adding-a-head.md, docs/dynamics.md
+  HARNESS_CACHE_LOCK_TIMEOUT  seconds to wait for another process encoding the same cache entry (default 3600)
+exit status (every command):
+  0    success (harness run: the gate passed)
+  1    harness run: the gate failed (a FAIL, XPASS or ERROR)
+  2    bad input or environment: a suite, data file, baseline, encoder folder, cache folder or plugin is
+       wrong; one line on stderr names the file (and line or key) and what to do; nothing half-written
+  130  interrupted by SIGINT (Ctrl-C); 143: terminated by SIGTERM. Caches and baselines are intact; a
+       report folder left behind holds an INCOMPLETE marker instead of a report
+  HARNESS_TRACEBACK=1 prints the Python traceback behind an exit-2 message
+docs: README.md, docs/gate.md (suites, checks), docs/adding-a-head.md, docs/dynamics.md, docs/reliability.md
 """
+
+EXIT_OK, EXIT_FAIL, EXIT_ERROR, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+
+
+def say(prefix: str, style: str, message: object, console: Console | None = None) -> None:
+    """Print ``prefix message`` as one line; ``message`` is never parsed as rich markup (``[[x]]``, ``[/x]`` stay)."""
+    from harness.files import one_line
+
+    text = Text.assemble((prefix, style), " ", one_line(message)) if prefix else Text(one_line(message))
+    (console or err).print(text, soft_wrap=True, highlight=False)
+
+
+def error(message: object) -> None:
+    say("error:", "bold red", message)
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so that ``finally`` blocks run as they do for Ctrl-C."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupt_code(exc: BaseException) -> tuple[int, str]:
+    return (EXIT_SIGTERM, "SIGTERM") if isinstance(exc, Terminated) else (EXIT_SIGINT, "SIGINT")
+
+
+@contextlib.contextmanager
+def signals():
+    """While a command runs, SIGTERM raises ``Terminated`` (SIGINT already raises KeyboardInterrupt); both
+    handlers are restored afterwards (``main`` may run inside another program, e.g. pytest)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise Terminated(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+def ignore_signals() -> None:
+    """While cleaning up after an interrupt, a second Ctrl-C must not leave a traceback or half the cleanup
+    (``signals`` restores the handlers when the command returns)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    from harness.files import HarnessWarning
+
+    if issubclass(category, HarnessWarning):
+        say("warning:", "yellow", message)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def harness_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions whose message is the whole story: printed as one line, exit 2."""
+    from harness.baselines import BaselineError
+    from harness.cache import CacheError
+    from harness.data import DatasetError
+    from harness.encoders import EncoderError
+    from harness.gate import GateError
+    from harness.suite import SuiteError
+
+    return (PluginError, DatasetError, EncoderError, CacheError, SuiteError, BaselineError, GateError)
 
 
 def _csv(value: str) -> list[str]:
@@ -76,14 +170,14 @@ def cmd_eval(args) -> int:
         payload = [r.summary() for r in results]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
         return 0
-    table = Table(title=f"frozen {args.encoder} · split {args.split}")
+    table = Table(title=escape(f"frozen {args.encoder} · split {args.split}"))
     for col in ("dataset", "NDCG@10", "Recall@100", "queries", "docs", "encode s", "retrieve s", "score s", "cache"):
         table.add_column(col, justify="right" if col not in ("dataset", "cache") else "left")
     for r in results:
         cache = "hit" if set(r.cache.values()) == {"hit"} else f"miss ({', '.join(k for k, v in r.cache.items() if v == 'miss')})"
         table.add_row(
-            r.dataset, f"{r.ndcg10:.4f}", f"{r.recall100:.4f}", str(r.n_queries), str(r.n_docs),
-            f"{r.seconds['encode']:.1f}", f"{r.seconds['retrieve']:.2f}", f"{r.seconds['score']:.2f}", cache,
+            escape(r.dataset), f"{r.ndcg10:.4f}", f"{r.recall100:.4f}", str(r.n_queries), str(r.n_docs),
+            f"{r.seconds['encode']:.1f}", f"{r.seconds['retrieve']:.2f}", f"{r.seconds['score']:.2f}", escape(cache),
         )
     console.print(table)
     return 0
@@ -100,7 +194,7 @@ def cmd_plugins(args) -> int:
     for col in ("kind", "name", "plugin", "what it is"):
         table.add_column(col)
     for kind, c in rows:
-        table.add_row(kind[:-1], c.name, c.plugin, c.summary)
+        table.add_row(kind[:-1], escape(c.name), escape(c.plugin), escape(c.summary))
     console.print(table)
     return 0
 
@@ -154,19 +248,45 @@ def _load_extensions() -> None:
 def main(argv: list[str] | None = None) -> int:
     _load_extensions()
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except PluginError as exc:
-        err.print(f"[bold red]plugin error:[/] {exc}", highlight=False)
-        return 2
-    except Exception as exc:
-        from harness.data import DatasetError
-        from harness.encoders import EncoderError
+    with warnings.catch_warnings(), signals():
+        warnings.showwarning = _show_warning
+        from harness.files import HarnessWarning
 
-        if isinstance(exc, (DatasetError, EncoderError)):
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
-            return 2
-        raise
+        warnings.simplefilter("default", HarnessWarning)
+        try:
+            return args.func(args) or 0
+        except (KeyboardInterrupt, Terminated) as exc:
+            ignore_signals()
+            code, name = interrupt_code(exc)
+            say("interrupted:", "bold red", f"{name}: `harness {args.command}` stopped before it finished; caches and baselines "
+                f"are only ever replaced whole, so they are intact; run the command again")
+            return code
+        except Exception as exc:
+            message = _message(exc)
+            if message is None:
+                raise
+            if os.environ.get("HARNESS_TRACEBACK"):
+                import traceback
+
+                traceback.print_exc()
+            if isinstance(exc, PluginError):
+                say("plugin error:", "bold red", message)
+            else:
+                error(message)
+            return EXIT_ERROR
+
+
+def _message(exc: Exception) -> str | None:
+    """The one-line message for an error that is the user's to fix, or None for a bug (shown as a traceback)."""
+    if isinstance(exc, harness_errors()):
+        return str(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return f"cannot read a file: not UTF-8 (byte offset {exc.start}: {exc.reason}); save it as UTF-8"
+    if isinstance(exc, OSError) and exc.filename:
+        what = {13: "check its permissions", 30: "the file system is read-only: choose a writable folder",
+                28: "free some disk space", 2: "check the path"}.get(exc.errno, "check the path and its permissions")
+        return f"{exc.filename}: {exc.strerror or type(exc).__name__}; {what}"
+    return None
 
 
 if __name__ == "__main__":  # `python -m harness.cli`: run the imported module, whose EXTENSIONS the subcommands fill

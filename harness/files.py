@@ -1,17 +1,58 @@
-"""Writing files so that a killed run never leaves a half-written one behind."""
+"""Writing files so that a killed run never leaves a half-written one behind, and one-line warnings."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 
+class HarnessWarning(UserWarning):
+    """Something was wrong but the harness recovered (e.g. a damaged cache entry, rebuilt).
+
+    The ``harness`` command prints each as one line, ``warning: <message>``."""
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace (newlines included) collapsed to one space."""
+    return " ".join(str(text).split())
+
+
+def warn(message: str, category: type[Warning] = HarnessWarning) -> None:
+    warnings.warn(one_line(message), category, stacklevel=3)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def line_of(data: bytes, offset: int) -> int:
+    """The 1-based line number of byte ``offset`` in ``data``."""
+    return data.count(b"\n", 0, max(0, offset)) + 1
+
+
+def not_utf8(path: Path, exc: UnicodeDecodeError, data: bytes | None = None) -> str:
+    """``<file>:<line>: not UTF-8 ...; save it as UTF-8`` for a ``UnicodeDecodeError`` raised reading ``path``."""
+    if data is None:
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            data = b""
+    bad = exc.object[exc.start:exc.start + 1] if isinstance(exc.object, (bytes, bytearray)) else b""
+    if not data:
+        return f"{path}: not UTF-8 text (byte 0x{bad.hex() or '??'} at offset {exc.start}); save the file as UTF-8"
+    column = exc.start - data.rfind(b"\n", 0, exc.start)
+    return f"{path}:{line_of(data, exc.start)}: not UTF-8 text (byte 0x{bad.hex() or '??'} at column {column}); save the file as UTF-8"
