@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -76,7 +76,12 @@ class Candidate:
     spec: CandidateSpec
     config: dict
     store: BaselineStore
-    run: Any = None  # harness.types.TrainRun
+    run: Any = None  # harness.types.TrainRun: one unit's run, or every unit's selected numbers merged
+    result: Any = None  # harness.types.TrainResult: every unit's run
+    unit: str | None = None  # set when a per-run check looks at one unit of several
+    suite: Any = None  # harness.suite.Suite the candidate belongs to
+    regenerate: bool = False  # rewrite stored regression baselines from this run (and still report)
+    seed_runs: dict | None = None  # seed -> run, for a check judged on several seeds at once
 
     def baseline(self, encoder: str, dataset: str, split: str):
         """The stored, provenance-verified baseline of ``encoder`` on ``dataset``/``split``."""
@@ -91,6 +96,7 @@ class Outcome:
     expected_reason: str = ""
     error: str = ""
     seconds: float = 0.0
+    note: str = ""  # how several seeds were combined ("failed on seeds 1, 2 of 3")
 
     @property
     def gating(self) -> bool:
@@ -98,15 +104,18 @@ class Outcome:
 
     @property
     def message(self) -> str:
+        note = f" ({self.note})" if self.note else ""
         if self.outcome == "error":
             return f"{self.check} ERROR: {self.error}"
         msg = self.result.message if self.result is not None else ""
         if self.outcome == "xpass":
             why = f" ({self.expected_reason})" if self.expected_reason else ""
-            return (f"{self.check} XPASS (strict): the suite expects this check to fail{why}, but it passed, so the "
+            return (f"{self.check} XPASS (strict): the suite expects this check to fail{why}, but it passed{note}, so the "
                     f"harness no longer catches this known failure. Measured: {msg}")
         if self.outcome == "xfail":
-            return f"expected failure caught: {msg}"
+            return f"expected failure caught{note}: {msg}"
+        if self.outcome == "fail" and note:
+            return f"{msg}{note}"
         return msg
 
 
@@ -120,6 +129,9 @@ class CandidateReport:
     train_error: str = ""
     train_seconds: float = 0.0
     run_dir: str | None = None
+    result: Any = None  # harness.types.TrainResult (per unit); ``run`` is its merged view
+    seeds: dict = field(default_factory=dict)  # seed -> Candidate (its run and result), when judged on several seeds
+    per_seed: dict = field(default_factory=dict)  # check -> seed -> Outcome
 
     @property
     def gating(self) -> list[Outcome]:
@@ -140,6 +152,7 @@ class GateReport:
     device: str
     warnings: list[str] = field(default_factory=list)
     baselines: list[dict] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -160,6 +173,31 @@ def thresholds_for(check_component, spec: CandidateSpec) -> dict:
     return defaults
 
 
+def scope_of(component) -> str:
+    """"run": judged on each training unit's run (dynamics); "candidate": once, on every dataset's selected
+    numbers (verdicts on scores); "static": on the configuration, before training."""
+    if getattr(component.factory, "stage", "trained") == "static":
+        return "static"
+    return getattr(component.factory, "scope", "run")
+
+
+def combine_units(check: str, results: dict[str, Any]):
+    """One verdict from a per-run check judged on several units: it fails if any unit fails."""
+    from harness.types import CheckResult
+
+    if len(results) == 1:
+        return next(iter(results.values()))
+    failed = {u: r for u, r in results.items() if not r.passed}
+    shown = failed or results
+    message = " ".join(f"[{u} head] {r.message}" for u, r in shown.items())
+    details = {"units": {u: r.details for u, r in results.items()}}
+    if not failed and all(r.details.get("not_applicable") for r in results.values()):
+        details["not_applicable"] = True
+    first = next(iter(shown.values()))
+    return CheckResult(check, not failed, {u: r.measured for u, r in results.items()}, first.bound, first.epoch, message,
+                       first.cause, first.fix, details)
+
+
 def classify(check: str, result, expected: dict[str, str]) -> Outcome:
     from harness.types import CheckResult
 
@@ -178,13 +216,13 @@ class CandidateGate:
 
     def __init__(self, suite: Suite, spec: CandidateSpec, store: BaselineStore, seed: int | None = None,
                  out_dir: str | Path | None = None, data_dir: str | None = None, device: str | None = None,
-                 progress: bool = True):
+                 progress: bool = True, regenerate: bool = False):
         self.suite = suite
         self.spec = spec
         self.config = suite.train_config(spec, seed=seed, data_dir=data_dir)
         if device:
             self.config["device"] = device
-        self.candidate = Candidate(spec.name, spec, self.config, store)
+        self.candidate = Candidate(spec.name, spec, self.config, store, suite=suite, regenerate=regenerate)
         self.run_dir = Path(out_dir) / "runs" / spec.name if out_dir else None
         self.progress = progress
         self.outcomes: dict[str, Outcome] = {}
@@ -208,7 +246,8 @@ class CandidateGate:
             start = time.perf_counter()
             try:
                 config = TrainConfig.from_dict(self.config)
-                self.candidate.run = train(config, out_dir=self.run_dir, progress=self.progress)
+                self.candidate.result = train(config, out_dir=self.run_dir, progress=self.progress)
+                self.candidate.run = self.candidate.result.merged()
             except Exception as exc:  # recorded against every trained check; the gate goes red
                 self.train_error = f"training {self.spec.name!r} failed: {type(exc).__name__}: {exc}"
                 self._traceback = traceback.format_exc()
@@ -225,7 +264,13 @@ class CandidateGate:
             outcome = Outcome(name, "error", error=self.train_error)
         else:
             try:
-                result = component.factory.run(self.candidate, **thresholds_for(component, self.spec))
+                thresholds = thresholds_for(component, self.spec)
+                units = self.candidate.result.units if self.candidate.result is not None else {}
+                if scope_of(component) == "run" and len(units) > 1:
+                    result = combine_units(name, {
+                        u: component.factory.run(replace(self.candidate, run=r, unit=u), **thresholds) for u, r in units.items()})
+                else:
+                    result = component.factory.run(self.candidate, **thresholds)
                 outcome = classify(name, result, self.spec.expect_fail)
             except Exception as exc:
                 from harness.baselines import BaselineError
@@ -245,7 +290,7 @@ class CandidateGate:
                 on_outcome(self.spec.name, outcome)
         return CandidateReport(self.spec.name, self.spec, self.config, {n: self.outcomes[n] for n in self.spec.checks},
                                self.candidate.run, self.train_error, self.train_seconds,
-                               str(self.run_dir) if self.run_dir else None)
+                               str(self.run_dir) if self.run_dir else None, self.candidate.result)
 
 
 def verify_baselines(suite: Suite, store: BaselineStore, seed: int | None = None, data_dir: str | None = None,
@@ -273,7 +318,8 @@ def select(suite: Suite, names: list[str] | None) -> list[CandidateSpec]:
 def run_suite(suite: Suite, seed: int | None = None, candidates: list[str] | None = None, out_dir: str | Path | None = None,
               require_gpu_: bool = False, data_dir: str | None = None, device: str | None = None, progress: bool = True,
               on_outcome: Callable[[str, Outcome], None] | None = None,
-              on_candidate: Callable[[CandidateSpec], None] | None = None) -> GateReport:
+              on_candidate: Callable[[CandidateSpec], None] | None = None, regenerate: bool = False,
+              seeds: list[int] | None = None) -> GateReport:
     """Gate every (selected) candidate of ``suite``. Raises ``GateError``/``BaselineError`` before training
     when the run cannot be meaningful; check failures are outcomes, not exceptions."""
     import torch
@@ -288,12 +334,159 @@ def run_suite(suite: Suite, seed: int | None = None, candidates: list[str] | Non
     t0 = time.perf_counter()
     store = BaselineStore(suite.baselines_dir, data_dir)
     specs = select(suite, candidates)
+    seeds_used = list(seeds) if seeds else ([seed] if seed is not None else list(suite.seeds or [suite.seed]))
     verify_baselines(suite, store, seed, data_dir, specs)
     reports = []
     for spec in specs:
         if on_candidate:
             on_candidate(spec)
-        gate = CandidateGate(suite, spec, store, seed, out_dir, data_dir, device, progress)
+        gate = SeededGate(suite, spec, store, seeds_used, out_dir, data_dir, device, progress, regenerate)
         reports.append(gate.run_all(on_outcome))
-    return GateReport(suite, suite.seed if seed is None else seed, reports, started, time.perf_counter() - t0,
-                      device_desc, list(dict.fromkeys(store.warnings)), store.used())
+    report = GateReport(suite, seeds_used[0], reports, started, time.perf_counter() - t0,
+                        device_desc, list(dict.fromkeys(store.warnings)), store.used())
+    report.seeds = seeds_used
+    return report
+
+
+# -- several seeds -------------------------------------------------------------------------------
+def pooled_run(runs: dict[int, Any]):
+    """One run whose selected epoch holds each query's NDCG@10 averaged over the seeds' selected epochs
+    (what a seed-pooled check such as ``beats_baseline`` judges)."""
+    from harness.types import EpochRecord, TrainRun
+
+    first = next(iter(runs.values()))
+    if len(runs) == 1:
+        return first
+    recs = [r.selected_epoch for r in runs.values()]
+    per_query: dict[str, dict[str, float]] = {}
+    for d in recs[0].per_query_ndcg10:
+        qids = recs[0].per_query_ndcg10[d]
+        per_query[d] = {q: sum(r.per_query_ndcg10[d][q] for r in recs) / len(recs) for q in qids}
+    rec = EpochRecord(epoch=recs[0].epoch, per_query_ndcg10=per_query,
+                      ndcg10={d: sum(v.values()) / len(v) for d, v in per_query.items()},
+                      top10_overlap={d: sum(r.top10_overlap.get(d, float("nan")) for r in recs) / len(recs) for d in recs[0].top10_overlap})
+    return TrainRun(config={**first.config, "seeds": sorted(runs)}, similarity=first.similarity, epochs=[rec], selected=rec.epoch,
+                    baseline_ndcg10=first.baseline_ndcg10, baseline_per_query_ndcg10=first.baseline_per_query_ndcg10,
+                    baseline_rankme=first.baseline_rankme,
+                    protocol={"seeds": sorted(runs), "selected_epochs": {s: r.selected_epoch.epoch for s, r in runs.items()}})
+
+
+def _seed_rule(check: str, per_seed: dict[int, Outcome], expected: dict[str, str], nonstrict: set[str] = frozenset()) -> Outcome:
+    """A check judged on every seed: a strict expected failure is caught only if it fails on every seed (a
+    non-strict one, ``strict = false``, if it fails on any); any other check passes only if it passes on every
+    seed (n/a if n/a on all)."""
+    seeds = sorted(per_seed)
+    if len(seeds) == 1:
+        o = per_seed[seeds[0]]
+        if check in nonstrict and o.outcome == "xpass":  # a non-strict expectation not seen on this seed
+            o = Outcome(check, "pass", o.result, seconds=o.seconds, note="non-strict expected failure not seen on this seed")
+        return o
+    errors = [s for s in seeds if per_seed[s].outcome == "error"]
+    if errors:
+        o = per_seed[errors[0]]
+        return Outcome(check, "error", o.result, o.expected_reason, f"[seed {errors[0]}] {o.error}")
+    failing = [s for s in seeds if per_seed[s].outcome in ("fail", "xfail")]
+    passing = [s for s in seeds if s not in failing]
+    of = f"{len(seeds)} seeds"
+    if check in expected and check in nonstrict:
+        o = per_seed[(failing or seeds)[0]]
+        if failing:
+            out = Outcome(check, "xfail", o.result, expected.get(check, ""))
+            out.note = f"non-strict: caught on seed{'s' if len(failing) > 1 else ''} {', '.join(map(str, failing))} of {of}"
+        else:
+            out = Outcome(check, "pass", o.result)
+            out.note = f"non-strict expected failure not seen on any of {of}"
+        return out
+    if check in expected:
+        if passing:
+            o = per_seed[passing[0]]
+            out = Outcome(check, "xpass", o.result, expected.get(check, ""))
+            out.note = f"passed on seed{'s' if len(passing) > 1 else ''} {', '.join(map(str, passing))} of {of}"
+            return out
+        o = per_seed[seeds[0]]
+        out = Outcome(check, "xfail", o.result, expected.get(check, ""))
+        out.note = f"caught on all {of}"
+        return out
+    if failing:
+        o = per_seed[failing[0]]
+        out = Outcome(check, "fail", o.result)
+        out.note = f"failed on seed{'s' if len(failing) > 1 else ''} {', '.join(map(str, failing))} of {of}"
+        return out
+    o = per_seed[seeds[0]]
+    na = all(per_seed[s].outcome == "n/a" for s in seeds)
+    out = Outcome(check, "n/a" if na else "pass", o.result)
+    out.note = f"passed on all {of}" if not na else ""
+    return out
+
+
+class SeededGate:
+    """One candidate judged on several seeds: a ``CandidateGate`` per seed, verdicts combined by the seed rule
+    (docs/gate.md): per-seed checks must hold on every seed (an expected failure must be caught on every
+    seed); a seed-pooled check (``seeds = "pooled"`` on the check, e.g. ``beats_baseline``) is judged once on
+    the per-query scores averaged over seeds, with ``candidate.seed_runs`` holding each seed's run."""
+
+    def __init__(self, suite: Suite, spec: CandidateSpec, store: BaselineStore, seeds: list[int],
+                 out_dir: str | Path | None = None, data_dir: str | None = None, device: str | None = None,
+                 progress: bool = True, regenerate: bool = False):
+        self.suite, self.spec, self.seeds = suite, spec, list(seeds)
+        multi = len(self.seeds) > 1
+        self.gates = {s: CandidateGate(suite, spec, store, s, (Path(out_dir) / f"seed-{s}") if (out_dir and multi) else out_dir,
+                                       data_dir, device, progress, regenerate) for s in self.seeds}
+        self.outcomes: dict[str, Outcome] = {}
+        self.per_seed: dict[str, dict[int, Outcome]] = {}
+
+    @property
+    def first(self) -> CandidateGate:
+        return self.gates[self.seeds[0]]
+
+    def check(self, name: str) -> Outcome:
+        if name in self.outcomes:
+            return self.outcomes[name]
+        component = self.first.components()[name]
+        if scope_of(component) == "static":  # reads only the configuration: the same on every seed
+            per_seed = {self.seeds[0]: self.first.check(name)}
+        else:
+            per_seed = {s: g.check(name) for s, g in self.gates.items()}
+        self.per_seed[name] = per_seed
+        if len(self.seeds) > 1 and getattr(component.factory, "seeds", "each") == "pooled" and all(
+                g.candidate.run is not None for g in self.gates.values()):
+            outcome = self._pooled(name, component)
+        else:
+            outcome = _seed_rule(name, per_seed, self.spec.expect_fail, getattr(self.spec, "nonstrict", set()))
+        outcome.seconds = sum(o.seconds for o in per_seed.values())
+        self.outcomes[name] = outcome
+        return outcome
+
+    def _pooled(self, name: str, component) -> Outcome:
+        first = self.first.candidate
+        runs = {s: g.candidate.run for s, g in self.gates.items()}
+        pooled = replace(first, run=pooled_run(runs), seed_runs=runs)
+        try:
+            result = component.factory.run(pooled, **thresholds_for(component, self.spec))
+            outcome = classify(name, result, self.spec.expect_fail)
+        except Exception as exc:
+            from harness.baselines import BaselineError
+
+            if isinstance(exc, BaselineError):
+                raise
+            outcome = Outcome(name, "error", error=f"check {name!r} (plugin {component.plugin}) raised {type(exc).__name__}: {exc}")
+        outcome.note = f"judged on per-query NDCG@10 averaged over seeds {', '.join(map(str, self.seeds))}"
+        return outcome
+
+    def run_all(self, on_outcome: Callable[[str, Outcome], None] | None = None) -> CandidateReport:
+        static = self.first.static_checks()
+        for name in static + [n for n in self.spec.checks if n not in static]:
+            outcome = self.check(name)
+            if on_outcome:
+                on_outcome(self.spec.name, outcome)
+        return self.report()
+
+    def report(self) -> CandidateReport:
+        g = self.first
+        rep = CandidateReport(self.spec.name, self.spec, g.config, {n: self.outcomes[n] for n in self.spec.checks if n in self.outcomes},
+                              g.candidate.run, "; ".join(dict.fromkeys(x.train_error for x in self.gates.values() if x.train_error)),
+                              sum(x.train_seconds for x in self.gates.values()), str(g.run_dir) if g.run_dir else None,
+                              g.candidate.result)
+        rep.seeds = {s: x.candidate for s, x in self.gates.items()}
+        rep.per_seed = self.per_seed
+        return rep

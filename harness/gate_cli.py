@@ -12,41 +12,83 @@ EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
 
 def _errors():
-    from harness.baselines import BaselineError
-    from harness.gate import GateError
-    from harness.suite import SuiteError
+    return cli.harness_errors()
 
-    return (SuiteError, BaselineError, GateError)
+
+def load_suite_file(path: str | Path):
+    """``harness.suite.load_suite``, with a file that is not UTF-8 reported as a ``SuiteError`` naming the line."""
+    from harness.files import not_utf8
+    from harness.suite import SuiteError, load_suite
+
+    try:
+        return load_suite(path)
+    except UnicodeDecodeError as exc:
+        raise SuiteError(not_utf8(Path(path), exc)) from None
+    except IsADirectoryError:
+        raise SuiteError(f"{path}: a folder, not a suite file; give a suites/*.toml file") from None
+    except PermissionError as exc:
+        raise SuiteError(f"{path}: cannot read it ({exc.strerror}); check its permissions") from None
 
 
 def cmd_run(args) -> int:
+    from rich.text import Text
+
     from harness import report as rp
     from harness.gate import run_suite
-    from harness.suite import load_suite
 
+    suite = None
+    out_dir = Path(args.out) if args.out else None
+    begun = False
     try:
-        suite = load_suite(args.suite)
-        out_dir = Path(args.out or Path("reports") / suite.name)
+        suite = load_suite_file(args.suite)
+        out_dir = out_dir or Path("reports") / suite.name
         if args.require_gpu is False and suite.requires_gpu:
-            cli.err.print(f"[yellow]note:[/] suite {suite.name!r} is a GPU suite; running it on this machine as asked "
-                          f"(pass --require-gpu to refuse without CUDA)", highlight=False, soft_wrap=True)
+            cli.say("note:", "yellow", f"suite {suite.name!r} is a GPU suite; running it on this machine as asked "
+                    f"(pass --require-gpu to refuse without CUDA)")
 
         def on_candidate(spec):
-            cli.err.print(f"[bold]candidate {spec.name}[/] ({spec.head}, losses {', '.join(spec.losses) or 'none'})", highlight=False, soft_wrap=True)
+            nonlocal begun
+            if not begun:  # the first write of this run is near: the folder now holds an incomplete run, marked
+                rp.begin(out_dir, suite)
+                begun = True
+            if not args.json:
+                cli.err.print(Text.assemble((f"candidate {spec.name}", "bold"), f" ({spec.head}, losses {', '.join(spec.losses) or 'none'})"),
+                              highlight=False, soft_wrap=True)
 
         def on_outcome(name, o):
             style = rp.STYLE[o.outcome]
-            cli.err.print(f"  [{style}]{rp.SYMBOL[o.outcome]:>5}[/] {o.check} ({o.seconds:.1f} s)", highlight=False, soft_wrap=True)
+            cli.err.print(Text.assemble("  ", (f"{rp.SYMBOL[o.outcome]:>5}", style), f" {o.check} ({o.seconds:.1f} s)"),
+                          highlight=False, soft_wrap=True)
 
+        if args.candidate:
+            for name in args.candidate:
+                suite.candidate(name)  # an unknown name: exit 2 naming the candidates, before anything is written
         report = run_suite(
             suite, seed=args.seed, candidates=args.candidate, out_dir=out_dir, require_gpu_=args.require_gpu,
             data_dir=args.data_dir, device=args.device, progress=not args.no_progress and sys.stderr.isatty(),
-            on_outcome=None if args.json else on_outcome, on_candidate=None if args.json else on_candidate,
+            on_outcome=None if args.json else on_outcome, on_candidate=on_candidate, regenerate=args.regenerate,
+            seeds=args.seeds,
         )
+        if not begun:
+            rp.begin(out_dir, suite)
+            begun = True
+        paths = rp.write(report, out_dir)
     except _errors() as exc:
-        cli.err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if begun:
+            rp.abort(out_dir, f"stopped by an error ({type(exc).__name__})", suite)
+        cli.error(exc)
         return EXIT_ERROR
-    paths = rp.write(report, out_dir)
+    except (KeyboardInterrupt, cli.Terminated) as exc:
+        cli.ignore_signals()
+        code, name = cli.interrupt_code(exc)
+        if begun:
+            rp.abort(out_dir, f"interrupted by {name}", suite)
+            where = f"{out_dir} holds an incomplete run, marked {out_dir / rp.MARKER}"
+        else:
+            where = "no candidate had started, nothing was written"
+        cli.say("interrupted:", "bold red", f"{name}: the gate stopped before it finished; {where}; caches and baselines "
+                f"are intact; run `harness run {args.suite}` again")
+        return code
     if args.json:
         print(json.dumps(rp.to_dict(report), indent=1))
     else:
@@ -54,10 +96,10 @@ def cmd_run(args) -> int:
         for c in report.candidates:
             for o in c.outcomes.values():
                 if o.gating:
-                    cli.console.print(f"[bold red]{c.name}[/] {o.message}", highlight=False, soft_wrap=True)
+                    cli.say(c.name, "bold red", o.message, cli.console)
         for w in report.warnings:
-            cli.err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
-        cli.console.print(f"report: {paths['json']}  summary: {paths['markdown']}  plots: {out_dir / 'plots'}", highlight=False, soft_wrap=True)
+            cli.say("warning:", "yellow", w)
+        cli.say("", "", f"report: {paths['json']}  summary: {paths['markdown']}  plots: {out_dir / 'plots'}", cli.console)
     summary = os.environ.get("GITHUB_STEP_SUMMARY") if args.github_summary else None
     if summary:
         with open(summary, "a", encoding="utf-8") as fh:
@@ -70,29 +112,36 @@ def cmd_baselines(args) -> int:
 
     root = Path(args.baselines_dir) if args.baselines_dir else bl.default_root()
     try:
+        if args.action == "update" and (args.suite or args.candidate):
+            return _accept(args)
         if args.action == "update":
             if not args.encoder or not args.dataset:
-                cli.err.print("[bold red]error:[/] baselines update needs --encoder and --dataset", highlight=False, soft_wrap=True)
+                cli.error("baselines update needs --encoder and --dataset (e.g. --encoder minilm --dataset scifact)")
                 return EXIT_ERROR
             options = {"dtype": args.dtype, **({"device": args.device} if args.device else {})}
             done = bl.update(root, args.encoder, args.dataset, args.split, args.data_dir, **options)
             for b in done:
-                cli.console.print(f"wrote {b.path}: {b.encoder} {b.dataset}/{b.split} NDCG@10 {b.ndcg10:.4f} ({b.n_queries} queries)",
-                                  highlight=False, soft_wrap=True)
+                cli.say("", "", f"wrote {b.path}: {b.encoder} {b.dataset}/{b.split} NDCG@10 {b.ndcg10:.4f} ({b.n_queries} queries)",
+                        cli.console)
             return EXIT_PASS
         paths = bl.stored(root)
-        wanted = [(p.parent.name, *p.stem.rsplit("-", 1)) for p in paths]
+        if args.encoder:
+            args.encoder = [bl.safe_name(e) for e in args.encoder]
+        if args.dataset:
+            args.dataset = [bl.safe_name(d) for d in args.dataset]
+        wanted = [(p.parent.name, *p.stem.rsplit("-", 1)) for p in paths if "-" in p.stem]
         if args.encoder:
             wanted = [w for w in wanted if w[0] in args.encoder]
         if args.dataset:
             wanted = [w for w in wanted if w[1] in args.dataset]
         if not wanted:
-            cli.err.print(f"no stored baselines under {root} match; create them with `harness baselines update --encoder minilm "
-                          f"--dataset scifact,nfcorpus`", highlight=False, soft_wrap=True)
+            cli.say("", "", f"no stored baselines under {root} match; create them with `harness baselines update --encoder minilm "
+                    f"--dataset scifact,nfcorpus`")
             return EXIT_ERROR if args.action == "verify" else EXIT_PASS
+        from rich.markup import escape
         from rich.table import Table
 
-        t = Table(title=f"baselines in {root}")
+        t = Table(title=escape(f"baselines in {root}"))
         for col in ("encoder", "dataset", "split", "NDCG@10", "queries", "harness", "provenance"):
             t.add_column(col)
         bad = 0
@@ -101,18 +150,57 @@ def cmd_baselines(args) -> int:
             status = "not checked"
             if args.action == "verify":
                 try:
-                    warnings = bl.verify(b, bl.current_provenance(encoder, dataset, split, args.data_dir), root)
+                    warnings = bl.verify(b, bl.current_provenance(b.encoder, b.dataset, split, args.data_dir), root)
                     status = "[green]matches[/]" + (" (older harness)" if warnings else "")
                 except bl.ProvenanceError as exc:
                     bad += 1
                     status = "[bold red]MISMATCH[/]"
-                    cli.err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            t.add_row(encoder, dataset, split, f"{b.ndcg10:.4f}", str(b.n_queries), str(b.provenance.get("harness_version")), status)
+                    cli.error(exc)
+            t.add_row(escape(encoder), escape(dataset), escape(split), f"{b.ndcg10:.4f}", str(b.n_queries), escape(str(b.provenance.get("harness_version"))), status)
         cli.console.print(t)
         return EXIT_ERROR if bad else EXIT_PASS
     except _errors() as exc:
-        cli.err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        cli.error(exc)
         return EXIT_ERROR
+
+
+def _accept(args) -> int:
+    """``baselines update --suite S --candidate C``: gate C on its seeds; if accepted, store its regression baseline."""
+    from harness.accept import accept
+
+    if not (args.suite and args.candidate) or len(args.candidate) != 1:
+        cli.error("baselines update --suite needs --candidate NAME (one candidate), e.g. --suite suites/smoke.toml --candidate adapter")
+        return EXIT_ERROR
+    suite = load_suite_file(args.suite)
+    result = accept(suite, args.candidate[0], seeds=args.seeds, data_dir=args.data_dir, device=args.device,
+                    progress=sys.stderr.isatty(), baselines_dir=args.baselines_dir)
+    if result.refused:
+        for line in result.refused:
+            cli.say("refused:", "bold red", line)
+        cli.say("", "", f"candidate {args.candidate[0]!r} was not accepted (a check failed on seeds "
+                f"{', '.join(map(str, result.seeds))}); no regression baseline was written", cli.console)
+        return EXIT_FAIL
+    scores = ", ".join(f"{d} {v:.4f}" for d, v in result.ndcg10.items())
+    cli.say("", "", f"accepted {args.candidate[0]!r} on seeds {', '.join(map(str, result.seeds))} (NDCG@10 {scores}); "
+            f"wrote {result.path}", cli.console)
+    return EXIT_PASS
+
+
+def cmd_validate(args) -> int:
+    """Everything checked, nothing trained: the suite, its plugins, heads built at the encoder's width, baselines."""
+    from harness.validate import validate
+
+    try:
+        suite = load_suite_file(args.suite)
+        lines = validate(suite, data_dir=args.data_dir)
+    except _errors() as exc:
+        cli.error(exc)
+        return EXIT_ERROR
+    for line in lines:
+        cli.say("", "", line, cli.console)
+    cli.say("ok:", "bold green", f"{args.suite} is valid: {len(suite.candidates)} candidates x {len(suite.checks)} checks on "
+            f"seeds {', '.join(map(str, suite.seeds or [suite.seed]))}; nothing was trained", cli.console)
+    return EXIT_PASS
 
 
 def add_parser(sub) -> None:
@@ -120,12 +208,21 @@ def add_parser(sub) -> None:
         "run", help="gate a suite: train each candidate, run its checks, exit 1 on any unexpected failure",
         description=("Train every candidate of a suite briefly, run its checks, compare with stored baselines and print a "
                      "candidate x check table. Writes report.json, summary.md and plots/<candidate>.png to --out. "
-                     "Exit status: 0 gate passed, 1 gate failed (a FAIL, XPASS or ERROR), 2 the suite, a baseline or "
-                     "the machine is wrong (nothing was compared)."),
-        epilog="example: harness run suites/smoke.toml --seed 1",
+                     "Exit status: 0 gate passed, 1 gate failed (a FAIL, XPASS or ERROR), 2 the suite, a baseline, a "
+                     "data file, the cache or the machine is wrong (nothing was compared; one line says which file and "
+                     "what to do), 130 interrupted (SIGINT), 143 terminated (SIGTERM). The report folder holds the last "
+                     "complete run, or an INCOMPLETE marker while a run is unfinished; never an older report beside "
+                     "newer runs."),
+        epilog="examples:\n  harness run suites/smoke.toml\n  harness run suites/smoke.toml --seeds 0,1,2 --candidate adapter,asym-dot\n"
+               "  harness validate suites/smoke.toml   # check everything, train nothing",
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
     p.add_argument("suite", help="suite file (suites/*.toml)")
-    p.add_argument("--seed", type=int, help="training seed for every candidate (overrides the suite's)")
+    p.add_argument("--seed", type=int, help="one training seed for every candidate (overrides the suite's seeds)")
+    p.add_argument("--seeds", type=_seeds, help="training seeds, comma-separated: each candidate is trained and judged on "
+                   "each (overrides the suite's `seeds`; docs/gate.md: the seed rule)")
+    p.add_argument("--regenerate", action="store_true",
+                   help="rewrite accepted candidates' regression baselines from this run (no_regression still reports)")
     p.add_argument("--candidate", type=cli._csv, help="only these candidates (comma-separated)")
     p.add_argument("--out", help="report folder (default reports/<suite name>)")
     p.add_argument("--require-gpu", action="store_true", default=False,
@@ -140,12 +237,20 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser(
         "baselines", help="store, list and verify frozen-encoder baselines (mean + per-query NDCG@10 with provenance)",
-        description=("update: evaluate the frozen encoder(s) and write baselines/<encoder>/<dataset>-<split>.json atomically "
-                     "(all or nothing). show: list stored baselines. verify: check that each still matches the encoder "
-                     "weights, data files, max length, dtype and similarity (exit 2 on a mismatch)."),
-        epilog="example: harness baselines update --encoder minilm --dataset scifact,nfcorpus",
+        description=("update: evaluate the frozen encoder(s) and write <baselines-dir>/<encoder>/<dataset>-<split>.json "
+                     "atomically (all or nothing); an encoder or dataset given as a path is stored under its folder's "
+                     "name, always inside --baselines-dir. show: list stored baselines. verify: check that each still "
+                     "matches the encoder weights, data files, max length, dtype and similarity. Exit status: 0 ok, "
+                     "2 a mismatch or a bad baseline file (one line names the file), 130/143 interrupted."),
+        epilog=("examples:\n  harness baselines update --encoder minilm --dataset scifact,nfcorpus\n"
+                "  harness baselines update --suite suites/smoke.toml --candidate adapter   # an accepted head's regression baseline"),
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
     p.add_argument("action", choices=["update", "show", "verify"])
+    p.add_argument("--suite", help="with --candidate: gate that candidate of this suite on its seeds and, if every check "
+                   "passes, store its regression baseline (<baselines>/candidates/<suite>/<candidate>.json)")
+    p.add_argument("--candidate", type=cli._csv, help="the candidate to accept (with --suite)")
+    p.add_argument("--seeds", type=_seeds, help="seeds to accept on (default: the suite's)")
     p.add_argument("--encoder", type=cli._csv, help="encoder name(s), comma-separated")
     p.add_argument("--dataset", type=cli._csv, help="dataset name(s), comma-separated")
     p.add_argument("--split", type=cli._csv, default=["test"], help="split(s), comma-separated (default test)")
@@ -156,6 +261,30 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_baselines)
 
 
+def _seeds(text: str) -> list[int]:
+    import argparse
+
+    try:
+        seeds = [int(v) for v in cli._csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or any(v < 0 for v in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct integers >= 0, e.g. 0,1,2")
+    return seeds
+
+
+def add_validate_parser(sub) -> None:
+    p = sub.add_parser("validate", help="check a suite completely without training: keys, plugins, heads at real width, baselines",
+                       description="Load the suite, build every candidate's head at the encoder's real width and every loss, "
+                                   "validate every training config and threshold, and load and verify every stored baseline "
+                                   "its checks compare with. Nothing is trained. Exit status: 0 valid, 2 not (one line says "
+                                   "which file, key or plugin, and what to do).",
+                       epilog="example: harness validate suites/smoke.toml")
+    p.add_argument("suite", help="suite file (suites/*.toml)")
+    p.add_argument("--data-dir", help="folder holding BEIR datasets (default: $HARNESS_DATA_DIR)")
+    p.set_defaults(func=cmd_validate)
+
+
 def argparse_bool():
     import argparse
 
@@ -163,3 +292,4 @@ def argparse_bool():
 
 
 cli.EXTENSIONS.append(add_parser)
+cli.EXTENSIONS.append(add_validate_parser)

@@ -34,6 +34,7 @@ DEFAULT_PLUGINS = (
     "plugins.heads.respred",
     "plugins.heads.isopred",
     "plugins.heads.barlow",
+    "plugins.heads.adapter",
     "plugins.losses",
     "plugins.checks.finite",
     "plugins.checks.bounded_norms",
@@ -44,6 +45,8 @@ DEFAULT_PLUGINS = (
     "plugins.checks.similarity_consistency",
     "plugins.checks.loss_properties",
     "plugins.checks.rerank_depth",
+    "plugins.checks.changes_ranking",
+    "plugins.checks.no_regression",
 )
 
 

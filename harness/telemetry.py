@@ -82,8 +82,11 @@ def top10_overlap(run: dict[str, dict[str, float]], reference: dict[str, list[st
 
 # -- JSON ----------------------------------------------------------------------------------------
 def _clean(value: Any) -> Any:
+    """JSON-safe: NaN -> None, +/-inf -> "inf"/"-inf" (a diverged run's telemetry must still be written)."""
     if isinstance(value, float):
-        return None if math.isnan(value) else value
+        if math.isnan(value):
+            return None
+        return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -92,7 +95,11 @@ def _clean(value: Any) -> Any:
 
 
 def _nan(value: Any) -> float:
-    return float("nan") if value is None else float(value)
+    return float("nan") if value is None else float(value)  # float("inf") reads the "inf" strings back
+
+
+def _floats(values: list) -> list[float]:
+    return [_nan(v) for v in values]
 
 
 def run_to_dict(run: TrainRun) -> dict:
@@ -116,6 +123,10 @@ def epoch_from_dict(d: dict) -> EpochRecord:
             d[key] = {k: _nan(v) for k, v in d[key].items()}
     if d.get("residual") is not None:
         d["residual"] = {k: _nan(v) for k, v in d["residual"].items()}
+    if d.get("trace"):
+        d["trace"] = {k: _floats(v) for k, v in d["trace"].items()}
+    if d.get("steps"):
+        d["steps"] = [{k: _nan(v) if v is None or isinstance(v, str) else v for k, v in s.items()} for s in d["steps"]]
     return EpochRecord(**d)
 
 

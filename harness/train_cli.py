@@ -106,7 +106,9 @@ def config_from_args(args) -> dict:
     simple = {
         "encoder": args.encoder, "head": args.head, "train": args.train, "eval": args.eval, "eval_split": args.eval_split,
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-        "seed": args.seed, "device": args.device, "data_dir": args.data_dir,
+        "seed": args.seed, "device": args.device, "data_dir": args.data_dir, "mode": args.mode, "select": args.select,
+        "patience": args.patience, "hard_negatives": args.hard_negatives, "dev_fraction": args.dev_fraction,
+        "positives": args.positives, "lr_grid": args.lr_grid,
     }
     d.update({k: v for k, v in simple.items() if v is not None})
     if args.max_pairs is not None:
@@ -156,16 +158,17 @@ def epoch_table(run: "TrainRun") -> Table:
     if cfg.get("pretrain"):
         losses = ", ".join(f"{k}×{v['weight']:g}" for k, v in cfg["pretrain"]["losses"].items()) + f" ({pre} ep) then " + losses
     table = Table(title=f"{cfg['head']} on {cfg['encoder']} · {run.similarity} · {losses}")
+    devs = list(run.epochs[0].dev_ndcg10)
     cols = ["ep", "loss"] + names + ["|q| mean", "|q| max", "|d| mean", "pos", "neg", "grad"]
     if residual:
         cols += ["α", "|αδ| max", "|αδ|/|q|"]
-    cols += ["RankMe", "align", "unif"] + [f"{d} NDCG@10" for d in datasets] + ["top10 ∩"]
+    cols += ["RankMe", "align", "unif"] + [f"{d} dev" for d in devs] + [f"{d} NDCG@10" for d in datasets] + ["top10 ∩"]
     for c in cols:
         table.add_column(c, justify="right")
     base = ["frozen", "-"] + ["-"] * len(names) + ["-"] * 6 + (["-"] * 3 if residual else [])
-    base += [_f(run.baseline_rankme, 1), "-", "-"] + [_f(run.baseline_ndcg10[d], 4) for d in datasets] + ["1.000"]
+    base += [_f(run.baseline_rankme, 1), "-", "-"] + ["-"] * len(devs) + [_f(run.baseline_ndcg10[d], 4) for d in datasets] + ["1.000"]
     table.add_row(*base, style="dim")
-    best = run.best_epoch.epoch
+    best = run.selected_epoch.epoch
     for e in run.epochs:
         label = f"{e.epoch}" + (" p" if stage_of[e.epoch] == "pretrain" else "") + (" *" if e.epoch == best else "")
         row = [label, _f(e.loss.get("total"), 4)] + [_f(e.loss.get(n), 4) for n in names]
@@ -174,10 +177,11 @@ def epoch_table(run: "TrainRun") -> Table:
             r = e.residual or {}
             row += [_f(r.get("alpha"), 4), _f(r.get("correction_max"), 4), _f(r.get("correction_rel"), 4)]
         overlap = list(e.top10_overlap.values())
-        row += [_f(e.rankme, 1), _f(e.alignment), _f(e.uniformity)] + [_f(e.ndcg10.get(d), 4) for d in datasets]
+        row += [_f(e.rankme, 1), _f(e.alignment), _f(e.uniformity)] + [_f(e.dev_ndcg10.get(d), 4) for d in devs]
+        row += [_f(e.ndcg10.get(d), 4) for d in datasets]
         row += [_f(sum(overlap) / len(overlap)) if overlap else "-"]
         table.add_row(*row)
-    table.caption = "ep: epoch (p = pretraining, * = best by mean NDCG@10); loss on a fixed probe of training pairs; " \
+    table.caption = "ep: epoch (p = pretraining, * = selected: best dev NDCG@10, or the last); loss on a fixed probe of training pairs; " \
                     "pos/neg: mean positive/negative similarity as the loss uses it; top10 ∩: overlap with the frozen top 10"
     return table
 
@@ -190,27 +194,38 @@ def cmd_train(args) -> int:
     try:
         config = TrainConfig.from_dict(config_from_args(args))
 
-        def on_epoch(e):
+        def on_epoch(unit, e):
             nd = " ".join(f"{k}={v:.4f}" for k, v in e.ndcg10.items())
-            err.print(f"epoch {e.epoch}: loss {_f(e.loss.get('total'), 4)} |q| {_f(e.q_norm.get('mean'))} NDCG@10 {nd}", highlight=False)
+            dev = " ".join(f"{k}={v:.4f}" for k, v in e.dev_ndcg10.items())
+            err.print(f"{unit} epoch {e.epoch}: loss {_f(e.loss.get('total'), 4)} |q| {_f(e.q_norm.get('mean'))} "
+                      f"dev NDCG@10 {dev or '-'} test NDCG@10 {nd}", highlight=False, markup=False)
 
-        run = train(config, Path(args.out) if args.out else None, progress=not args.json, on_epoch=None if args.json else on_epoch)
+        result = train(config, Path(args.out) if args.out else None, progress=not args.json, on_epoch=None if args.json else on_epoch)
     except (ValueError, PluginError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     if args.json:
-        d = run_to_dict(run)
-        for e in d["epochs"]:
-            e.pop("per_query_ndcg10", None)
-        d.pop("baseline_per_query_ndcg10", None)
-        print(json.dumps(d, indent=1))
+        out = {"mode": result.mode, "units": {}}
+        for name, run in result.units.items():
+            d = run_to_dict(run)
+            for e in d["epochs"]:
+                e.pop("per_query_ndcg10", None)
+            d.pop("baseline_per_query_ndcg10", None)
+            out["units"][name] = d
+        print(json.dumps(out, indent=1))
         return 0
-    console.print(epoch_table(run))
-    best = run.best_epoch
-    console.print(f"best epoch by mean NDCG@10: {best.epoch} "
-                  f"({', '.join(f'{k} {v:.4f} vs frozen {run.baseline_ndcg10[k]:.4f}' for k, v in best.ndcg10.items())})")
-    if run.telemetry_path:
-        console.print(f"telemetry: {run.telemetry_path}\ncheckpoint: {run.checkpoint}")
+    for name, run in result.units.items():
+        console.print(epoch_table(run))
+        sel = run.selected_epoch
+        proto = run.protocol
+        console.print(f"{name}: selected epoch {sel.epoch} (select={proto.get('select')}, lr {proto.get('lr'):g}"
+                      f"{', of ' + ', '.join(f'{x:g}' for x in proto.get('lr_grid', [])) if len(proto.get('lr_grid', [])) > 1 else ''}): "
+                      f"{', '.join(f'{k} {v:.4f} vs frozen {run.baseline_ndcg10[k]:.4f}' for k, v in sel.ndcg10.items()) or 'no eval dataset'}",
+                      markup=False, highlight=False)
+        if run.stopped:
+            console.print(f"{name}: training stopped: {run.stopped['reason']}", markup=False)
+        if run.telemetry_path:
+            console.print(f"telemetry: {run.telemetry_path}\ncheckpoint: {run.checkpoint}", markup=False)
     return 0
 
 
@@ -230,10 +245,18 @@ def add_parser(sub) -> None:
     p.add_argument("--train", type=cli._csv, help="comma-separated training datasets (train split; default scifact,nfcorpus)")
     p.add_argument("--eval", type=cli._csv, help="comma-separated evaluation datasets (default scifact,nfcorpus)")
     p.add_argument("--eval-split", help="qrels split to evaluate on (default: test)")
-    p.add_argument("--epochs", type=int, help="training epochs (default 3)")
+    p.add_argument("--epochs", type=int, help="at most this many training epochs (default 20; early stopping ends sooner)")
     p.add_argument("--batch-size", type=int, help="batch size, also the in-batch negatives (default 64)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
+    p.add_argument("--lr-grid", type=lambda v: [float(x) for x in cli._csv(v)], metavar="LR,LR,...",
+                   help="learning rates to try, the best on the dev split kept (default: only --lr)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    p.add_argument("--mode", choices=("per_dataset", "pooled"), help="a head per training dataset (default) or one pooled head")
+    p.add_argument("--select", choices=("dev", "last"), help="keep the epoch with the best dev NDCG@10 (default) or the last")
+    p.add_argument("--patience", type=int, help="stop after this many epochs without a better dev NDCG@10 (0: never; default 3)")
+    p.add_argument("--hard-negatives", type=int, help="mined negatives per query per step from the frozen top 50 (default 1; 0: in-batch only)")
+    p.add_argument("--dev-fraction", type=float, help="share of train queries held out to select on (default 0.2)")
+    p.add_argument("--positives", choices=("one_per_query", "all"), help="one judged document per query per epoch (default) or every pair")
     p.add_argument("--max-pairs", help="cap on training pairs per dataset, sampled with the seed, or 'all' (default 10000)")
     p.add_argument("--seed", type=int, help="seed of the head's init, sampling and shuffling (default 0)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")

@@ -68,6 +68,13 @@ class HeadOutput:
     input_query: torch.Tensor
     input_doc: torch.Tensor
     aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    negatives: torch.Tensor | None = None  # (B*n, D) the head's encoding of mined hard negatives (set by the trainer)
+    exclude: torch.Tensor | None = None  # (B, B + B*n) True: that column is a judged document of the row's query
+
+    def columns(self) -> torch.Tensor:
+        """The documents a contrastive loss scores each query against: the batch's positives (column i is
+        row i's), then the hard negatives."""
+        return self.doc if self.negatives is None else torch.cat([self.doc, self.negatives])
 
 
 class Head(nn.Module):
@@ -157,7 +164,9 @@ class EpochRecord:
     per_query_ndcg10: dict[str, dict[str, float]] = field(default_factory=dict)
     top10_overlap: dict[str, float] = field(default_factory=dict)
     rerank_ndcg10: dict[str, dict[str, float]] = field(default_factory=dict)
+    dev_ndcg10: dict[str, float] = field(default_factory=dict)  # on the dev split carved from the train queries
     steps: list[dict[str, float]] = field(default_factory=list)  # samples within the epoch
+    trace: dict[str, list[float]] = field(default_factory=dict)  # every training step: "loss_total", "loss_<name>", "grad_norm"
     seconds: float = 0.0
 
 
@@ -173,6 +182,18 @@ class TrainRun:
     baseline_rankme: float = float("nan")
     checkpoint: str | None = None
     telemetry_path: str | None = None
+    selected: int | None = None  # the epoch the protocol chose on the dev split (None: the last epoch)
+    protocol: dict = field(default_factory=dict)  # how it was trained: mode, dev split sizes, negatives, lr chosen
+    stopped: dict | None = None  # set when a non-finite loss or gradient stopped training: epoch, step, component, value
+
+    @property
+    def selected_epoch(self) -> EpochRecord:
+        """The epoch whose head is the verdict's: chosen on the dev split by the protocol, never on test."""
+        if self.selected is not None:
+            for e in self.epochs:
+                if e.epoch == self.selected:
+                    return e
+        return self.epochs[-1]
 
     @property
     def best_epoch(self) -> EpochRecord:
@@ -183,3 +204,40 @@ class TrainRun:
     @property
     def last_epoch(self) -> EpochRecord:
         return self.epochs[-1]
+
+
+@dataclass
+class TrainResult:
+    """A candidate's training: one ``TrainRun`` per unit (a training dataset, or ``"pooled"``)."""
+
+    mode: str
+    units: dict[str, TrainRun]
+
+    def unit_for(self, dataset: str) -> TrainRun:
+        """The run whose head is scored on ``dataset``."""
+        for run in self.units.values():
+            if dataset in run.config.get("eval", []):
+                return run
+        raise KeyError(f"no unit of this training is scored on {dataset!r} (units: {', '.join(self.units)})")
+
+    def merged(self) -> TrainRun:
+        """One run for checks that judge the candidate as a whole: each dataset's numbers from the unit
+        scored on it, at that unit's selected epoch (a single unit is returned as it is)."""
+        if len(self.units) == 1:
+            return next(iter(self.units.values()))
+        runs = list(self.units.values())
+        rec = EpochRecord(epoch=max(r.selected_epoch.epoch for r in runs))
+        config = dict(runs[0].config)
+        config["train"] = [d for r in runs for d in r.config.get("train", [])]
+        config["eval"] = [d for r in runs for d in r.config.get("eval", [])]
+        merged = TrainRun(config=config, similarity=runs[0].similarity, epochs=[rec], selected=rec.epoch,
+                          protocol={"mode": self.mode, "units": {n: r.protocol for n, r in self.units.items()},
+                                    "selected_epochs": {n: r.selected_epoch.epoch for n, r in self.units.items()}},
+                          baseline_rankme=min(r.baseline_rankme for r in runs))
+        for r in runs:
+            sel = r.selected_epoch
+            for field_name in ("ndcg10", "per_query_ndcg10", "top10_overlap", "rerank_ndcg10", "dev_ndcg10"):
+                getattr(rec, field_name).update(getattr(sel, field_name))
+            merged.baseline_ndcg10.update(r.baseline_ndcg10)
+            merged.baseline_per_query_ndcg10.update(r.baseline_per_query_ndcg10)
+        return merged

@@ -15,7 +15,7 @@ from harness.types import HeadOutput
 
 
 class InfoNCEDot:
-    """InfoNCE, in-batch negatives, on raw dot products of unnormalised embeddings (seed 002's original).
+    """InfoNCE (in-batch and the trainer's hard negatives) on raw dot products of unnormalised embeddings (seed 002's original).
 
     ``loss = CE(q @ d.T / temperature, diagonal)``; ``symmetric`` adds the document-to-query direction.
     Nothing bounds the norms: the loss falls when embeddings simply grow ("cheating with magnitude").
@@ -30,14 +30,19 @@ class InfoNCEDot:
         self.symmetric = bool(symmetric)
 
     def scores(self, out: HeadOutput) -> torch.Tensor:
-        return out.query @ out.doc.T
+        """(B, C): each query against the batch's positives (row i's on the diagonal), then the hard negatives."""
+        return out.query @ out.columns().T
 
     def __call__(self, out: HeadOutput) -> torch.Tensor:
         logits = self.scores(out) / self.temperature
-        labels = torch.arange(logits.shape[0], device=logits.device)
+        if out.exclude is not None:  # a column that is a judged document of the row's query is no negative
+            logits = logits.masked_fill(out.exclude, float("-inf"))
+        b = logits.shape[0]
+        labels = torch.arange(b, device=logits.device)
         loss = F.cross_entropy(logits, labels)
         if self.symmetric:
-            loss = (loss + F.cross_entropy(logits.T, labels)) / 2
+            square = logits[:, :b]
+            loss = (loss + F.cross_entropy(square.T, labels)) / 2
         return loss
 
 
@@ -47,7 +52,7 @@ class InfoNCECos(InfoNCEDot):
     similarity = "cos"
 
     def scores(self, out: HeadOutput) -> torch.Tensor:
-        return F.normalize(out.query, dim=-1) @ F.normalize(out.doc, dim=-1).T
+        return F.normalize(out.query, dim=-1) @ F.normalize(out.columns(), dim=-1).T
 
 
 def isotropy_of(x: torch.Tensor) -> torch.Tensor:

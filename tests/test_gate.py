@@ -70,7 +70,7 @@ def test_run_passes_when_every_failure_is_expected(tmp_path, baselines, data_dir
     summary = (out / "summary.md").read_text()
     assert "Gate `tiny`: ✅ PASS" in summary and "Likely cause" in summary and "seed 002" in summary
     assert (out / "plots" / "asym-dot.png").stat().st_size > 10000 and (out / "plots" / "identity.png").is_file()
-    assert (out / "runs" / "asym-dot" / "telemetry.json").is_file()
+    assert (out / "runs" / "asym-dot" / "scifact" / "telemetry.json").is_file()  # one folder per training unit
     assert not list(out.rglob(".*tmp*")), "temporary files left behind"
 
 

@@ -14,7 +14,8 @@ SEED_LOSS = {"asymmetric": "infonce_dot", "respred": "predictive", "isopred": "p
 @pytest.fixture(scope="module")
 def real_batch():
     """32 real (query, relevant document) MiniLM embedding pairs from SciFact test (cached embeddings)."""
-    from harness.train import TrainConfig, load_pairs
+    from harness.protocol import load_pairs
+    from harness.train import TrainConfig
 
     pairs = load_pairs(TrainConfig(train=["scifact"], train_split="test", max_pairs=32), torch.Generator().manual_seed(0))
     return pairs.batch(torch.arange(32))

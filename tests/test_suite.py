@@ -72,7 +72,7 @@ def test_train_config_is_accepted_by_the_trainer(tmp_path):
         (lambda t: t.replace('expect_fail = ["bounded_norms"]', 'expect_fail = ["beats_baseline"]'), "candidates[0] (identity).expect_fail", "not a check run"),
         (lambda t: t + '[[candidates]]\nname = "identity"\nhead = "identity"\n', "candidates[1].name", "used twice"),
         (lambda t: t.replace('encoder = "minilm"', 'encoder = "minilm"\ncolour = "red"'), "colour", "Valid choices: baselines_dir"),
-        (lambda t: t.replace("epochs = 1", "epochs = 0"), "train.epochs", "must be >= 1"),
+        (lambda t: t.replace("epochs = 1", "epochs = -1"), "train.epochs", "must be an integer >= 0"),
         (lambda t: t.replace('datasets = ["scifact"]', 'datasets = ["scifakt"]'), "datasets[0]", "Did you mean 'scifact'"),
         (lambda t: t + "losses = { infonce_dott = {} }\n", "candidates[0] (identity).losses.infonce_dott", "Did you mean 'infonce_dot'"),
         (lambda t: t.replace("[[candidates]]", "[[candidates]]\nhead_options = { nope = 1 }"), "head_options", "no option 'nope'"),

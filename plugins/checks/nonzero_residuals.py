@@ -10,9 +10,9 @@ class NonzeroResiduals(BaseCheck):
     name = "nonzero_residuals"
     description = "the learned correction stays a meaningful fraction of the input and changes rankings"
     defaults = {
-        "min_correction_rel": 0.01,  # mean |alpha*delta| norm / mean input norm, at every trained epoch
+        "min_correction_rel": 0.01,  # mean |alpha*delta| norm / mean input norm, at the selected epoch
         "min_keep": 0.5,  # the last epoch keeps at least this fraction of the largest trained-epoch correction
-        "max_top10_overlap": 0.99,  # mean share of each query's top 10 also in the frozen encoder's top 10
+        "max_top10_overlap": 0.99,  # mean share of each query's top 10 also in the frozen encoder's top 10 (selected epoch)
     }
     cause = (
         "a penalty on delta that outweighs the task loss (with the tanh bound and an alpha that cannot or will not grow) makes the identity the cheapest solution, so "
@@ -40,7 +40,14 @@ class NonzeroResiduals(BaseCheck):
             "top10_overlap": {e.epoch: dict(e.top10_overlap) for e in with_res},
         }
         trail = " -> ".join(fmt(v) for _, v in rel)
-        for epoch, value in rel:
+        # The head that is kept is the selected epoch's; a head that starts at the identity (zero-initialised
+        # correction, e.g. the adapter) is small in its first epochs by design, so only the kept head must clear
+        # the bound. A correction that dies over training is caught below (min_keep), whatever is selected.
+        selected = run.selected_epoch.epoch
+        judged = [(e, v) for e, v in rel if e == selected] or rel[-1:]
+        if selected == 0:
+            judged = rel[:1]  # the protocol kept the untrained head: judge the first trained epoch instead
+        for epoch, value in judged:
             if not is_finite(value) or value < min_correction_rel:
                 e = next(x for x in with_res if x.epoch == epoch)
                 alpha = e.residual.get("alpha")
@@ -58,7 +65,7 @@ class NonzeroResiduals(BaseCheck):
                 f"({fmt(last / peak)} of its peak; bound >= {fmt(min_keep)})",
                 last / peak, min_keep, last_epoch, **details,
             )
-        last_rec = with_res[-1]
+        last_rec = next((e for e in with_res if e.epoch == judged[0][0]), with_res[-1])
         for dataset, overlap in sorted(last_rec.top10_overlap.items()):
             if not is_finite(overlap) or overlap > max_top10_overlap:
                 return self.failed(

@@ -24,7 +24,7 @@ class RerankDepth(BaseCheck):
 
     def run(self, candidate, max_rel_drop=0.03, min_abs_drop=0.005):
         run = need_run(self, candidate)
-        last = run.last_epoch
+        last = run.selected_epoch  # the head the protocol keeps (chosen on dev): the one that would be deployed
         if not last.rerank_ndcg10:
             return self.not_applicable("the run records no reranking-depth NDCG@10 (no eval datasets)")
         curves = {}
