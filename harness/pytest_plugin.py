@@ -14,6 +14,8 @@ nothing heavy until a suite file is actually collected.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -21,7 +23,10 @@ def pytest_addoption(parser):
     group = parser.getgroup("retrieval-harness", "retrieval-harness gate suites")
     group.addoption("--require-gpu", action="store_true", default=False,
                     help="fail (never skip) items of GPU suites when no CUDA device is available")
-    group.addoption("--gate-seed", type=int, default=None, help="training seed for every gated candidate (overrides the suite's)")
+    group.addoption("--gate-suites", action="store_true", default=False,
+                    help="collect suites/*.toml under the given paths as gate items (a suite named on the command line always is)")
+    group.addoption("--gate-seed", type=int, default=None, help="one training seed for every gated candidate (overrides the suite's seeds)")
+    parser.addini("harness_suites", "collect suites/*.toml as gate items without --gate-suites", type="bool", default=False)
     group.addoption("--gate-out", default=None,
                     help="write each gated suite's report.json, summary.md and plots under this folder at the end of the session")
 
@@ -32,8 +37,22 @@ def pytest_configure(config):
     config._harness_stores = {}  # baselines folder -> BaselineStore
 
 
+def _asked_for(config, file_path) -> bool:
+    """Suites are collected only when asked: ``--gate-suites``, the ini setting ``harness_suites = true``, or the
+    suite file itself named on the command line. A project that installs the harness is not gated by surprise
+    because it happens to have a ``suites/`` folder."""
+    if config.getoption("gate_suites") or config.getini("harness_suites"):
+        return True
+    root = Path(config.invocation_params.dir)
+    for arg in config.invocation_params.args:
+        text = str(arg).split("::")[0]
+        if text.endswith(".toml") and (root / text).resolve() == file_path.resolve():
+            return True
+    return False
+
+
 def pytest_collect_file(parent, file_path):
-    if file_path.suffix == ".toml" and file_path.parent.name == "suites":
+    if file_path.suffix == ".toml" and file_path.parent.name == "suites" and _asked_for(parent.config, file_path):
         return SuiteFile.from_parent(parent, path=file_path)
     return None
 
@@ -65,7 +84,7 @@ class CandidateNode(pytest.Collector):
     def gate(self):
         """The candidate's shared gate, created (and its baselines verified) on first use."""
         if self.spec.name not in self.gates:
-            from harness.gate import BaselineStore, CandidateGate, verify_baselines
+            from harness.gate import BaselineStore, SeededGate, verify_baselines
 
             opts = self.config.option
             stores = self.config._harness_stores
@@ -73,8 +92,8 @@ class CandidateNode(pytest.Collector):
             device = "cuda" if self.suite.requires_gpu and opts.require_gpu else None
             out = opts.gate_out and f"{opts.gate_out}/{self.suite.name}"
             verify_baselines(self.suite, store, opts.gate_seed, None, [self.spec])
-            self.gates[self.spec.name] = CandidateGate(self.suite, self.spec, store, opts.gate_seed, out, None, device,
-                                                       progress=False)
+            seeds = [opts.gate_seed] if opts.gate_seed is not None else list(self.suite.seeds or [self.suite.seed])
+            self.gates[self.spec.name] = SeededGate(self.suite, self.spec, store, seeds, out, None, device, progress=False)
         return self.gates[self.spec.name]
 
     def collect(self):
@@ -138,7 +157,7 @@ def pytest_sessionfinish(session, exitstatus):
     import time
 
     from harness import report as rp
-    from harness.gate import CandidateReport, GateReport
+    from harness.gate import GateReport
 
     for _, (suite, by_name) in gates.items():
         if not by_name:
@@ -148,11 +167,9 @@ def pytest_sessionfinish(session, exitstatus):
             g = by_name.get(spec.name)
             if g is None:
                 continue
-            outcomes = {n: g.outcomes[n] for n in spec.checks if n in g.outcomes}
-            reports.append(CandidateReport(spec.name, spec, g.config, outcomes, g.candidate.run, g.train_error,
-                                           g.train_seconds, str(g.run_dir) if g.run_dir else None))
+            reports.append(g.report())
         seed = session.config.option.gate_seed
-        store = next(iter(by_name.values())).candidate.store
+        store = next(iter(by_name.values())).first.candidate.store
         report = GateReport(suite, suite.seed if seed is None else seed, reports,
                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), 0.0, "pytest",
                             list(dict.fromkeys(store.warnings)), store.used())

@@ -164,3 +164,13 @@ def test_pytest_collects_suites_into_candidate_x_check_items(tmp_path, baselines
         proc = subprocess.run([sys.executable, "-m", "pytest", str(gpu), "-p", "no:cacheprovider", "-q", "--require-gpu",
                                "-k", "identity and finite", "--rootdir", str(tmp_path)], capture_output=True, text=True, env=env, cwd=tmp_path)
         assert proc.returncode == 1 and "no CUDA device" in proc.stdout, proc.stdout
+
+
+def test_suites_are_collected_only_when_asked(tmp_path, baselines):
+    """A folder holding suites/ is not gated by a plain pytest run; --gate-suites (or naming the file) collects it."""
+    suite_file(tmp_path / "suites", baselines)
+    args = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)]
+    plain = subprocess.run([*args, str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert "tiny.toml::" not in plain.stdout, plain.stdout
+    asked = subprocess.run([*args, "--gate-suites", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert "tiny.toml::identity::finite" in asked.stdout, asked.stdout + asked.stderr
