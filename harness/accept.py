@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import regression, sources
-from harness.gate import BaselineStore, SeededGate, verify_baselines
+from harness.gate import BaselineStore
+from harness.runner import SeededGate, verify_baselines
 from harness.suite import Suite
 
 

@@ -156,8 +156,8 @@ def from_dict(raw, path: Path, cmd: str) -> Baseline:
 
 def current_provenance(encoder_name: str, dataset_name: str, split: str, data_dir: str | None = None) -> dict:
     """The provenance a baseline of ``encoder_name`` on ``dataset_name``/``split`` would have now."""
-    from harness.cli import make_dataset, make_encoder
     from harness.evaluate import provenance
+    from harness.sources import make_dataset, make_encoder
 
     encoder = make_encoder(encoder_name)
     dataset = make_dataset(dataset_name, data_dir)
@@ -197,8 +197,8 @@ def load_verified(root, encoder: str, dataset: str, split: str, data_dir: str | 
 
 def compute(encoder_name: str, dataset_name: str, split: str, data_dir: str | None = None, **encoder_options) -> Baseline:
     from harness import __version__
-    from harness.cli import make_dataset, make_encoder
     from harness.evaluate import evaluate
+    from harness.sources import make_dataset, make_encoder
 
     encoder = make_encoder(encoder_name, **encoder_options)
     result = evaluate(encoder, make_dataset(dataset_name, data_dir), split)

@@ -9,7 +9,6 @@ import signal
 import sys
 import threading
 import warnings
-from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -137,25 +136,7 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def make_encoder(name: str, **options):
-    """A registered encoder, or a local sentence-transformers folder / hub name (``org/model``)."""
-    from harness.plugins import get, registry
-
-    if name in registry().components("encoders") or not (Path(name).is_dir() or "/" in name):
-        return get("encoders", name).factory(**options)
-    from harness.encoders import TransformerEncoder
-
-    return TransformerEncoder(name, **options)
-
-
-def make_dataset(name: str, data_dir: str | None = None, download: bool = False):
-    """A registered dataset found under ``data_dir``, or any BEIR-format folder given by path."""
-    from harness.data import BeirDataset
-    from harness.plugins import get
-
-    if Path(name).is_dir():
-        return BeirDataset(Path(name).name, Path(name))
-    return get("datasets", name).factory(data_dir, download=download)
+from harness.sources import make_dataset, make_encoder  # noqa: E402,F401  (the library's; re-exported for scripts)
 
 
 def cmd_eval(args) -> int:

@@ -10,7 +10,15 @@ from harness import __version__
 from harness.cache import EmbeddingCache, cache_key
 from harness.data import doc_text
 from harness.retrieval import to_run, top_k
-from harness.scoring import Judgements, as_dict, evaluate_embeddings, mean, ndcg, recall, topk
+from harness.scoring import (
+    Judgements,
+    as_dict,
+    evaluate_embeddings,
+    mean,
+    ndcg,
+    recall,
+    topk,
+)
 from harness.types import Dataset, Encoder
 
 RETRIEVE_K = 1000  # as BEIR and MTEB: deep enough that Recall@100 never sees the cut

@@ -34,7 +34,7 @@ def cmd_run(args) -> int:
     from rich.text import Text
 
     from harness import report as rp
-    from harness.gate import run_suite
+    from harness.runner import run_suite
 
     suite = None
     out_dir = Path(args.out) if args.out else None

@@ -44,8 +44,9 @@ class EvalSet:
         key = str(device)
         if key not in self._on:
             j = self.judgements.to(device)
-            move = (lambda t: None if t is None else t.to(device))
-            self._on[key] = (j, move(self.reference_top), move(self.reference_order))
+            top = None if self.reference_top is None else self.reference_top.to(device)
+            order = None if self.reference_order is None else self.reference_order.to(device)
+            self._on[key] = (j, top, order)
         return self._on[key]
 
 

@@ -19,7 +19,14 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 stderr = Console(stderr=True)
 INTERVAL_ENV = "HARNESS_PROGRESS_INTERVAL"

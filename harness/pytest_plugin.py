@@ -84,7 +84,8 @@ class CandidateNode(pytest.Collector):
     def gate(self):
         """The candidate's shared gate, created (and its baselines verified) on first use."""
         if self.spec.name not in self.gates:
-            from harness.gate import BaselineStore, SeededGate, verify_baselines
+            from harness.gate import BaselineStore
+            from harness.runner import SeededGate, verify_baselines
 
             opts = self.config.option
             stores = self.config._harness_stores

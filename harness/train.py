@@ -30,7 +30,16 @@ from harness import telemetry as tm
 from harness.components import build_head, build_loss, is_trainable
 from harness.config import TrainConfig, normalize_losses
 from harness.files import write_atomic
-from harness.measure import attach_reference, combine, dev_ndcg10, evaluate_head, grad_norm, load_eval, probe, step_sample  # noqa: F401
+from harness.measure import (  # noqa: F401
+    attach_reference,
+    combine,
+    dev_ndcg10,
+    evaluate_head,
+    grad_norm,
+    load_eval,
+    probe,
+    step_sample,
+)
 from harness.protocol import Unit, build_unit, load_pairs, units  # noqa: F401  (load_pairs: re-exported)
 from harness.types import EpochRecord, Head, TrainResult, TrainRun
 

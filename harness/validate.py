@@ -9,7 +9,8 @@ from __future__ import annotations
 from harness import sources
 from harness.components import build_head, build_loss
 from harness.config import TrainConfig
-from harness.gate import BaselineStore, verify_baselines
+from harness.gate import BaselineStore
+from harness.runner import verify_baselines
 from harness.suite import Suite, SuiteError
 
 

@@ -5,7 +5,8 @@ import textwrap
 import pytest
 
 from harness.accept import accept
-from harness.gate import BaselineStore, SeededGate
+from harness.gate import BaselineStore
+from harness.runner import SeededGate
 from harness.regression import candidate_path, load
 from harness.suite import load_suite
 

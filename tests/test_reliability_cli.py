@@ -203,6 +203,7 @@ RUNNER = '''
 import sys, time
 from pathlib import Path
 import harness.gate as gate
+import harness.runner as runner
 import harness.gate_cli as gc
 from harness.cache import EmbeddingCache
 from harness.evaluate import embed_side
@@ -228,7 +229,7 @@ def fake_run_suite(suite, out_dir=None, on_candidate=None, **kw):
     embed_side(FakeEncoder(delay=120), BeirDataset("tiny", tiny), "test", "query", EmbeddingCache())
 
 
-gate.run_suite = fake_run_suite
+runner.run_suite = fake_run_suite
 from harness.cli import main
 sys.exit(main(["run", str(suite_path), "--out", out, "--no-github-summary"]))
 '''

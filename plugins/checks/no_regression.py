@@ -25,7 +25,14 @@ class NoRegression(BaseCheck):
 
     def run(self, candidate, margin=0.01, alpha=0.05, permutations=10000, seed=0, worst=3):
         from harness.baselines import BaselineError
-        from harness.regression import candidate_path, changed_fields, create_command, load, provenance, store
+        from harness.regression import (
+            candidate_path,
+            changed_fields,
+            create_command,
+            load,
+            provenance,
+            store,
+        )
 
         run = need_run(self, candidate)
         suite = getattr(candidate, "suite", None)

@@ -41,7 +41,7 @@ class SimilarityConsistency(BaseCheck):
 
         config = candidate.config
         losses = {n: build_loss(n, spec) for n, spec in candidate_losses(config).items()}
-        scoring = {n: l for n, l in losses.items() if hasattr(l, "scores")}
+        scoring = {n: loss for n, loss in losses.items() if hasattr(loss, "scores")}
         if not scoring:
             return self.not_applicable("no configured loss scores (query, document) pairs")
         sim = head_similarity(config, probe_dim)
@@ -57,7 +57,7 @@ class SimilarityConsistency(BaseCheck):
                 order = loss.scores(out).argsort(dim=1, descending=True)
             agreement[name] = (order == reference).all(dim=1).float().mean().item()
         details = {"head_similarity": sim, "agreement": agreement,
-                   "loss_similarity": {n: getattr(l, "similarity", "?") for n, l in scoring.items()}}
+                   "loss_similarity": {n: getattr(loss, "similarity", "?") for n, loss in scoring.items()}}
         worst = min(agreement, key=agreement.get)
         if agreement[worst] < min_agreement:
             return self.failed(

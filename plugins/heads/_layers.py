@@ -3,6 +3,7 @@ from torch import nn
 
 from harness.types import SIMILARITIES
 
+
 def hidden_width(head: str, dim: int, hidden) -> int | None:
     """``hidden``: None (no hidden layer), a width, or ``"<k>x"`` = k times the input dim (seeds: ``"2x"``)."""
     if hidden is None or hidden is False:
