@@ -1,4 +1,5 @@
-"""Sessions: `nox -s tests` (CI), `nox -s smoke` (the CPU gate), `nox -s gpu_suite` (the MPNet gate, needs CUDA)."""
+"""Sessions: `nox -s tests` (CI), `nox -s smoke` (the CPU gate), `nox -s gpu_suite` (the MPNet gate, needs CUDA),
+`nox -s lint` (ruff and mypy)."""
 import os
 from pathlib import Path
 
@@ -46,3 +47,11 @@ def eval(session):
     """The main job: frozen MiniLM NDCG@10 on SciFact (pass other `harness eval` flags after --)."""
     install(session)
     session.run("harness", "eval", *(session.posargs or ["--encoder", "minilm", "--dataset", "scifact"]))
+
+
+@nox.session(default=False)
+def lint(session):
+    """Ruff and mypy over harness/ and plugins/ (no torch: missing third-party imports are typed as Any)."""
+    session.install("ruff", "mypy")
+    session.run("ruff", "check", "harness", "plugins")
+    session.run("mypy")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from harness import regression, sources
 from harness.gate import BaselineStore
@@ -27,7 +28,7 @@ def accept(suite: Suite, candidate: str, seeds: list[int] | None = None, data_di
            device: str | None = None, progress: bool = True, baselines_dir: str | Path | None = None) -> Accepted:
     spec = suite.candidate(candidate)
     seeds = list(seeds or suite.seeds or [suite.seed])
-    store = BaselineStore(baselines_dir or suite.baselines_dir, data_dir)
+    store = BaselineStore(cast(Path, baselines_dir or suite.baselines_dir), data_dir)  # load_suite always sets it
     verify_baselines(suite, store, seeds[0], data_dir, [spec])
     gate = SeededGate(suite, spec, store, seeds, None, data_dir, device, progress)
     refused = []

@@ -108,7 +108,7 @@ def load(root: str | Path, encoder: str, dataset: str, split: str) -> Baseline:
 
 
 # key -> (types it may have, what it is); every key a baseline file may hold
-FIELDS = {
+FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "format": (int, "the baseline format"),
     "encoder": (str, "an encoder name"),
     "dataset": (str, "a dataset name"),

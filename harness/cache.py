@@ -32,7 +32,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -80,7 +80,7 @@ def _unwritable(where: Path, exc: OSError, what: str) -> None:
 
 
 # -- memos (small JSON files) --------------------------------------------------------------------------
-def read_memo(path: Path, required: dict[str, type | tuple] | None = None) -> dict:
+def read_memo(path: Path, required: Mapping[str, type | tuple] | None = None) -> dict:
     """A cache memo (JSON object) or ``{}`` when absent; a damaged one is reported and ignored (it gets rebuilt).
 
     ``required`` maps keys to the types their values must have; a memo without them counts as damaged."""
@@ -319,6 +319,7 @@ class EmbeddingCache:
         lock, looks again (another process may have just stored it) and, still missing, keeps the lock
         until ``put`` or ``release``: another process asking for the same entry waits for these vectors."""
         path = self.path(key)
+        emb: torch.Tensor | None
         if path.is_file():
             try:
                 emb, meta = read_entry(path, len(ids))

@@ -264,8 +264,9 @@ def _message(exc: Exception) -> str | None:
     if isinstance(exc, UnicodeDecodeError):
         return f"cannot read a file: not UTF-8 (byte offset {exc.start}: {exc.reason}); save it as UTF-8"
     if isinstance(exc, OSError) and exc.filename:
-        what = {13: "check its permissions", 30: "the file system is read-only: choose a writable folder",
-                28: "free some disk space", 2: "check the path"}.get(exc.errno, "check the path and its permissions")
+        hints: dict[int | None, str] = {13: "check its permissions", 30: "the file system is read-only: choose a writable folder",
+                                        28: "free some disk space", 2: "check the path"}
+        what = hints.get(exc.errno, "check the path and its permissions")
         return f"{exc.filename}: {exc.strerror or type(exc).__name__}; {what}"
     return None
 

@@ -124,7 +124,7 @@ def _signature(path: Path, split: str) -> tuple:
     old contents, whatever its timestamps say."""
     from harness.cache import file_sha256
 
-    out = []
+    out: list[str | None] = []
     for f in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
         try:
             out.append(file_sha256(path / f))

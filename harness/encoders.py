@@ -12,7 +12,7 @@ import os
 import zipfile
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence, cast
 
 import torch
 
@@ -30,7 +30,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _read_json(path: Path, kind: type = dict):
+def _read_json(path: Path, kind: type[dict] | type[list] = dict):
     """A model folder's JSON config (an object, or ``kind``), ``{}`` when absent; a damaged one is an
     ``EncoderError`` naming it."""
     if not path.is_file():
@@ -117,8 +117,8 @@ class TransformerEncoder:
         self.pooling = known.get("pooling") or ("cls" if pooling.get("pooling_mode_cls_token") else "mean")
         self.normalize = known.get("normalize", True if modules is None else any(m.get("type", "").endswith("Normalize") for m in modules))
         self.similarity = "cos" if self.normalize else "dot"
-        self._model = None
-        self._tokenizer = None
+        self._model: Any = None
+        self._tokenizer: Any = None
         self._fingerprint: str | None = None
 
     # -- loading -------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def mpnet_path() -> str:
         rel = next((f for f in dist.files or [] if str(f).endswith(f".zip.00{i}")), None)
         if rel is None:
             raise EncoderError(f"package {MPNET_PARTS[i - 1]} has no piece all-mpnet-base-v2.zip.00{i}; reinstall it")
-        pieces.append(Path(dist.locate_file(rel)))
+        pieces.append(Path(cast("os.PathLike[str]", dist.locate_file(rel))))
     from harness.cache import cache_root
 
     stamp = hashlib.sha256("|".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in pieces).encode()).hexdigest()[:16]

@@ -100,7 +100,8 @@ def score(
     ev = evaluate_embeddings(q_emb, d_emb, j, similarity, k=10, recall_k=100)
     run = {}
     if keep_run:  # top_k's choice among documents tied at the cut, as before (trec order is scoring.topk's)
-        run = to_run(q_ids, d_ids, *top_k(q_emb, d_emb, RETRIEVE_K, similarity), ignore_identical_ids)
+        scores, idx = top_k(q_emb, d_emb, RETRIEVE_K, similarity)
+        run = to_run(q_ids, d_ids, scores, idx, ignore_identical_ids)
     return Scores(ev.ndcg, ev.recall, ev.per_query, ev.per_query_recall, run)
 
 

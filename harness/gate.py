@@ -190,7 +190,7 @@ def combine_units(check: str, results: dict[str, Any]):
     failed = {u: r for u, r in results.items() if not r.passed}
     shown = failed or results
     message = " ".join(f"[{u} head] {r.message}" for u, r in shown.items())
-    details = {"units": {u: r.details for u, r in results.items()}}
+    details: dict[str, Any] = {"units": {u: r.details for u, r in results.items()}}
     if not failed and all(r.details.get("not_applicable") for r in results.values()):
         details["not_applicable"] = True
     first = next(iter(shown.values()))

@@ -75,6 +75,7 @@ def cmd_run(args) -> int:
         paths = rp.write(report, out_dir)
     except _errors() as exc:
         if begun:
+            assert out_dir is not None  # begun only once out_dir is set
             rp.abort(out_dir, f"stopped by an error ({type(exc).__name__})", suite)
         cli.error(exc)
         return EXIT_ERROR
@@ -82,6 +83,7 @@ def cmd_run(args) -> int:
         cli.ignore_signals()
         code, name = cli.interrupt_code(exc)
         if begun:
+            assert out_dir is not None  # begun only once out_dir is set
             rp.abort(out_dir, f"interrupted by {name}", suite)
             where = f"{out_dir} holds an incomplete run, marked {out_dir / rp.MARKER}"
         else:

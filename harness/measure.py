@@ -43,6 +43,7 @@ class EvalSet:
     def on(self, device: torch.device):
         key = str(device)
         if key not in self._on:
+            assert self.judgements is not None  # load_eval always builds them
             j = self.judgements.to(device)
             top = None if self.reference_top is None else self.reference_top.to(device)
             order = None if self.reference_order is None else self.reference_order.to(device)
@@ -184,6 +185,7 @@ def probe(head: Head, pairs: TrainingSet, probe_idx: torch.Tensor, losses: dict[
     sums: dict[str, float] = {}
     pos = neg = grad = 0.0
     nb = 0
+    aux: dict[str, list[torch.Tensor]]
     qs, ds, inq, aux = [], [], [], {}
     for start in range(0, len(probe_idx), batch_size):
         idx = probe_idx[start : start + batch_size]

@@ -47,6 +47,7 @@ DEFAULT_PLUGINS = (
     "plugins.checks.rerank_depth",
     "plugins.checks.changes_ranking",
     "plugins.checks.no_regression",
+    "plugins.checks.generalizes",
 )
 
 

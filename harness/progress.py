@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, TextIO
+from typing import Callable, Iterator, Literal, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -68,7 +68,7 @@ class PlainProgress:
             self._watchdog.start()
         return self.advance
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         self._stop.set()
         if self._watchdog is not None:
             self._watchdog.join()
@@ -120,7 +120,11 @@ def progress_bar(description: str, total: int, *, unit: str = "", interval: floa
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
         with Progress(*columns, console=stderr, transient=True) as progress:
             task = progress.add_task(description, total=total)
-            yield lambda n=1: progress.advance(task, n)
+
+            def step(n: int = 1) -> None:
+                progress.advance(task, n)
+
+            yield step
         return
     with PlainProgress(description, total, default_interval() if interval is None else interval, stream, unit) as advance:
         yield advance

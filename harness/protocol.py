@@ -17,11 +17,15 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from harness import sources
 from harness.config import TrainConfig
+
+if TYPE_CHECKING:
+    from harness.scoring import Judgements
 
 
 @dataclass
@@ -165,7 +169,7 @@ class DevQueries:
     doc_ids: list[str]
     docs: torch.Tensor
     qrels: dict[str, dict[str, int]]
-    judgements: object = None  # harness.scoring.Judgements, built on first use
+    judgements: Judgements | None = None  # built on first use
 
 
 def load_pairs(config: TrainConfig, gen: torch.Generator) -> TrainingSet:

@@ -68,7 +68,7 @@ def seed_spread(c) -> dict:
     runs = {s: cand.run for s, cand in (getattr(c, "seeds", None) or {}).items() if cand.run is not None}
     if not runs and c.run is not None:
         runs = {None: c.run}
-    spread = {}
+    spread: dict[Any, dict[str, Any]] = {}
     for s, run in runs.items():
         for d, v in run.selected_epoch.ndcg10.items():
             spread.setdefault(d, {"by_seed": {}, "baseline": run.baseline_ndcg10.get(d)})["by_seed"][str(s)] = v

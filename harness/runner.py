@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from harness.gate import (
     BaselineStore,
@@ -48,7 +48,7 @@ def pooled_run(runs: dict[int, Any]):
                     protocol={"seeds": sorted(runs), "selected_epochs": {s: r.selected_epoch.epoch for s, r in runs.items()}})
 
 
-def _seed_rule(check: str, per_seed: dict[int, Outcome], expected: dict[str, str], nonstrict: set[str] = frozenset()) -> Outcome:
+def _seed_rule(check: str, per_seed: dict[int, Outcome], expected: dict[str, str], nonstrict: set[str] | frozenset[str] = frozenset()) -> Outcome:
     """A check judged on every seed: a strict expected failure is caught only if it fails on every seed (a
     non-strict one, ``strict = false``, if it fails on any); any other check passes only if it passes on every
     seed (n/a if n/a on all)."""
@@ -208,7 +208,7 @@ def run_suite(suite: Suite, seed: int | None = None, candidates: list[str] | Non
         device_desc = device or suite.device or ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     t0 = time.perf_counter()
-    store = BaselineStore(suite.baselines_dir, data_dir)
+    store = BaselineStore(cast(Path, suite.baselines_dir), data_dir)  # load_suite always sets it
     specs = select(suite, candidates)
     seeds_used = list(seeds) if seeds else ([seed] if seed is not None else list(suite.seeds or [suite.seed]))
     verify_baselines(suite, store, seed, data_dir, specs)

@@ -302,6 +302,7 @@ def _scan(q: torch.Tensor, d: torch.Tensor, j: Judgements, similarity: str, k: i
             if cand is not None and block.shape[1] == n_d:  # one block holds every document
                 cand_s = block.float().gather(1, cand.clamp(min=0))
             elif cand is not None:
+                assert cand_s is not None  # set whenever cand is
                 inside = (cand >= ds) & (cand < ds + block.shape[1])
                 got = block.float().gather(1, (cand - ds).clamp(0, block.shape[1] - 1))
                 cand_s = torch.where(inside, got, cand_s)
@@ -360,6 +361,7 @@ def rerank_ndcg(j: Judgements, candidates: torch.Tensor, candidate_scores: torch
     (Q, C float32, gathered from one score matrix). Identical-id candidates are dropped, as the reference."""
     candidates, candidate_scores = candidates.to(j.device), candidate_scores.to(j.device)
     rank = j.id_rank[candidates.clamp(min=0)]
+    pad: torch.Tensor | None
     pad = candidates < 0
     pad = pad if bool(pad.any()) else None
     extra = int(bool((j.self_index >= 0).any()))
@@ -433,6 +435,7 @@ def evaluate_embeddings(q: torch.Tensor, d: torch.Tensor, j: Judgements, similar
         out.per_query_recall = as_dict(j, recall(j, ranked, recall_k))
         out.recall = mean(out.per_query_recall)
     if candidates is not None:
+        assert sc.candidate_scores is not None  # _scan scores the candidates whenever they are given
         for dep, values in rerank_ndcg(j, candidates, sc.candidate_scores, depths, k).items():
             out.rerank_per_query[str(dep)] = values
             out.rerank[str(dep)] = mean(as_dict(j, values))

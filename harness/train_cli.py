@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -137,7 +137,7 @@ def _int(text: str, flag: str) -> int:
         raise ValueError(f"{flag} must be an integer or 'all', got {text!r}") from None
 
 
-def _f(x: float, digits: int = 3) -> str:
+def _f(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     if x != 0 and (abs(x) >= 1e4 or abs(x) < 10 ** -digits):
@@ -205,7 +205,7 @@ def cmd_train(args) -> int:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     if args.json:
-        out = {"mode": result.mode, "units": {}}
+        out: dict[str, Any] = {"mode": result.mode, "units": {}}
         for name, run in result.units.items():
             d = run_to_dict(run)
             for e in d["epochs"]:

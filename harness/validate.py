@@ -6,6 +6,9 @@ reads, and every stored baseline its checks compare with (loaded and provenance-
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import cast
+
 from harness import sources
 from harness.components import build_head, build_loss
 from harness.config import TrainConfig
@@ -34,7 +37,7 @@ def validate(suite: Suite, data_dir: str | None = None) -> list[str]:
         lines.append(f"{spec.name}: head {spec.head} at width {dim} ({params:,} trainable parameters), "
                      f"losses {', '.join(config.all_losses()) or 'the head defaults'}, {config.mode}, select {config.select}, "
                      f"checks {len(spec.checks)}, expected failures {len(spec.expect_fail)}")
-    store = BaselineStore(suite.baselines_dir, data_dir)
+    store = BaselineStore(cast(Path, suite.baselines_dir), data_dir)  # load_suite always sets it
     verify_baselines(suite, store, seeds[0], data_dir)
     for b in store.used():
         lines.append(f"baseline {b['path']}: {b['encoder']} {b['dataset']}/{b['split']} NDCG@10 {b['ndcg10']:.4f}, provenance verified")

@@ -105,3 +105,31 @@ def test_selection_reads_dev_never_test(data_dir):
     assert run.protocol["split"]["scifact"]["dev_queries"] == 162 and run.protocol["select"] == "dev"
     last = train(TrainConfig(**{**config.to_dict(), "select": "last"}), progress=False).units["scifact"]
     assert last.selected == 4
+
+
+def test_generalizes_splits_queries_by_seen_documents_and_fails_a_memorising_head(data_dir):
+    """SciFact: 196 test queries have a relevant document that was a training positive, 104 do not. A head that
+    gains only on the former and loses on the latter fails; one that holds level on the latter passes."""
+    from types import SimpleNamespace
+
+    from harness import sources
+    from harness.plugins import get
+    from harness.types import EpochRecord, TrainRun
+    from plugins.checks.generalizes import seen_split
+
+    test, train = (sources.qrels("scifact", str(data_dir), s) for s in ("test", "train"))
+    seen, unseen = seen_split(test, train)
+    assert (len(seen), len(unseen)) == (196, 104)
+    base = {q: 0.5 for q in test}
+    check = get("checks", "generalizes").factory
+
+    def verdict(unseen_delta):
+        scores = {q: 0.5 + (0.2 if q in seen else unseen_delta) for q in test}
+        rec = EpochRecord(epoch=3, ndcg10={"scifact": 0.6}, per_query_ndcg10={"scifact": scores})
+        run = TrainRun(config={"eval": ["scifact"], "train": ["scifact"], "data_dir": str(data_dir)}, similarity="cos",
+                       epochs=[rec], baseline_per_query_ndcg10={"scifact": base}, selected=3)
+        return check.run(SimpleNamespace(run=run, name="x"), **check.defaults)
+
+    memorising = verdict(-0.1)
+    assert not memorising.passed and "unseen -0.1000 (n=104" in memorising.message
+    assert verdict(0.0).passed and verdict(0.05).passed

@@ -53,7 +53,7 @@ def holm(pvalues: Mapping[str, float] | Sequence[float], alpha: float = 0.05):
     (a dict keyed like ``pvalues`` or a list). Adjusted: the i-th smallest of m p-values times (m - i + 1),
     made non-decreasing and capped at 1; a hypothesis is rejected when its adjusted p-value is < ``alpha``
     (the same strict rule the checks apply to unadjusted p-values). Controls the family-wise error rate."""
-    keys = list(pvalues) if isinstance(pvalues, Mapping) else list(range(len(pvalues)))
+    keys: list = list(pvalues) if isinstance(pvalues, Mapping) else list(range(len(pvalues)))
     values = [float(pvalues[k]) for k in keys]
     m = len(values)
     order = sorted(range(m), key=lambda i: values[i])

@@ -132,7 +132,7 @@ class BoundedNorms(BaseCheck):
         The trend is fitted on trained epochs only (epoch >= 1, and >= ref_epoch for the positive similarity):
         the jump from a freshly initialised head (epoch 0) to its first trained epoch says nothing about whether
         the growth goes on. The bound is the per-epoch rule's: growth x the reference epoch, or the absolute one."""
-        out = {}
+        out: dict = {}
         if not horizon or horizon <= 0:
             return out
         for q, (ref_i, growth, limit) in rules.items():

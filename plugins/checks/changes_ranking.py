@@ -24,7 +24,7 @@ def _trainable_head(config: dict) -> bool:
     try:
         from harness.plugins import get
 
-        factory = get("heads", head).factory
+        factory = get("heads", head).factory  # type: ignore[arg-type]  # no head: get() raises, caught below
     except Exception:  # an unknown or unloadable head: let the telemetry speak
         return True
     return bool(getattr(factory, "trainable", True))

@@ -1,9 +1,11 @@
 """Asymmetric projections (seed 002's AsymmetricProjectionModel): one projection for queries, another for documents."""
+from typing import cast
+
 import torch
 from torch import nn
 
 from harness import hookimpl
-from harness.types import SIMILARITIES, Head
+from harness.types import SIMILARITIES, Head, Similarity
 from plugins.heads._layers import check_dropout, hidden_width
 
 
@@ -29,7 +31,7 @@ class Asymmetric(Head):
     Seed 002's code (ragcun ``ragcun/asymmetric_model.py``) is ``hidden="2x", dropout=0.1``.
     """
 
-    similarity = "dot"
+    similarity: Similarity = "dot"
 
     def __init__(self, dim: int, out_dim: int | None = None, hidden: int | str | None = None,
                  init: str = "default", similarity: str = "dot", dropout: float = 0.0):
@@ -44,7 +46,7 @@ class Asymmetric(Head):
             raise ValueError("asymmetric: dropout needs a hidden layer (set hidden, e.g. hidden='2x')")
         if hidden and init == "identity":
             raise ValueError("asymmetric: init='identity' is for the single linear layer; leave hidden unset")
-        self.similarity = similarity
+        self.similarity = cast(Similarity, similarity)  # checked above
         out_dim = out_dim or dim
         self.query_proj = projection(dim, out_dim, hidden, init, dropout)
         self.doc_proj = projection(dim, out_dim, hidden, init, dropout)

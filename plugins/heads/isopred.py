@@ -1,8 +1,10 @@
 """Direct predictor (seed 004's ISO15_PRED12): an MLP maps the query embedding to its document's."""
+from typing import cast
+
 import torch
 
 from harness import hookimpl
-from harness.types import Head, HeadOutput
+from harness.types import Head, HeadOutput, Similarity
 from plugins.heads._layers import check_dropout, check_scoring, hidden_width, mlp
 
 
@@ -19,14 +21,14 @@ class IsoPred(Head):
     calls the predictor). ``dropout`` after each GELU; ``similarity`` "cos" or "dot".
     """
 
-    similarity = "cos"
+    similarity: Similarity = "cos"
     default_losses = {"isotropy": {"weight": 1.5}, "predictive": {"weight": 1.2}}
 
     def __init__(self, dim: int, hidden: int | str | None = None, projection: bool = False, dropout: float = 0.0,
                  score_with: str = "predictor", similarity: str = "cos"):
         super().__init__(dim)
         check_scoring("isopred", similarity, score_with, projection)
-        self.similarity = similarity
+        self.similarity = cast(Similarity, similarity)  # checked by check_scoring
         self.score_with = score_with
         width = hidden_width("isopred", dim, hidden) or dim
         dropout = check_dropout("isopred", dropout)

@@ -1,9 +1,11 @@
 """Residual predictor (seed 004's ResPred): ``q + alpha * tanh(MLP(q))`` predicts the document embedding."""
+from typing import cast
+
 import torch
 from torch import nn
 
 from harness import hookimpl
-from harness.types import Head, HeadOutput
+from harness.types import Head, HeadOutput, Similarity
 from plugins.heads._layers import check_dropout, check_scoring, hidden_width, mlp
 
 
@@ -23,7 +25,7 @@ class ResPred(Head):
     "cos" or "dot" (the seed ranks by negative Euclidean distance, which retrieval does not offer).
     """
 
-    similarity = "cos"
+    similarity: Similarity = "cos"
     default_losses = {"isotropy": {"weight": 1.5}, "predictive": {"weight": 1.2}, "residual_l2": {"weight": 0.01}}
 
     def __init__(self, dim: int, hidden: int | str | None = None, tanh: bool = True, learn_alpha: bool = True,
@@ -31,7 +33,7 @@ class ResPred(Head):
                  score_with: str = "predictor", similarity: str = "cos"):
         super().__init__(dim)
         check_scoring("respred", similarity, score_with, projection)
-        self.similarity = similarity
+        self.similarity = cast(Similarity, similarity)  # checked by check_scoring
         self.score_with = score_with
         self.tanh = bool(tanh)
         width = hidden_width("respred", dim, hidden) or dim
