@@ -231,8 +231,8 @@ def load_suite(path: str | Path) -> Suite:
         if required not in raw:
             raise ctx.fail(required, f"missing ({SUITE_KEYS[required]})")
     name = ctx.expect("name", raw["name"], str, "a string")
-    if not name or any(c in name for c in "/\\ "):
-        raise ctx.fail("name", f"{name!r} must be non-empty, without spaces or slashes (it names the report folder)")
+    if not name or any(c in name for c in "/\\ ") or name.strip(".") == "":
+        raise ctx.fail("name", f"{name!r} must be non-empty, not only dots, without spaces or slashes (it names the report folder)")
 
     encoders = _registered("encoders")
     encoder = ctx.expect("encoder", raw["encoder"], str, "an encoder name")
@@ -272,8 +272,8 @@ def load_suite(path: str | Path) -> Suite:
             if required not in c:
                 raise ctx.fail(f"{where}.{required}", f"missing ({CANDIDATE_KEYS[required]})")
         cname = ctx.expect(f"{where}.name", c["name"], str, "a string")
-        if not cname or any(ch in cname for ch in "/\\ :[]"):
-            raise ctx.fail(f"{where}.name", f"{cname!r} must be non-empty, without spaces, slashes, colons or brackets")
+        if not cname or any(ch in cname for ch in "/\\ :[]") or cname.strip(".") == "":
+            raise ctx.fail(f"{where}.name", f"{cname!r} must be non-empty, not only dots, without spaces, slashes, colons or brackets (it names a folder)")
         if cname in seen:
             raise ctx.fail(f"{where}.name", f"candidate name {cname!r} is used twice; names must be unique")
         seen.add(cname)

@@ -76,6 +76,8 @@ def test_train_config_is_accepted_by_the_trainer(tmp_path):
         (lambda t: t.replace('datasets = ["scifact"]', 'datasets = ["scifakt"]'), "datasets[0]", "Did you mean 'scifact'"),
         (lambda t: t + "losses = { infonce_dott = {} }\n", "candidates[0] (identity).losses.infonce_dott", "Did you mean 'infonce_dot'"),
         (lambda t: t.replace("[[candidates]]", "[[candidates]]\nhead_options = { nope = 1 }"), "head_options", "no option 'nope'"),
+        (lambda t: t.replace('name = "identity"', 'name = ".."'), "candidates[0].name", "not only dots"),
+        (lambda t: t.replace('epochs = 1', 'epochs = 1\nlr = 1e20'), "train.lr", "<= 10"),
     ],
 )
 def test_bad_suites_name_file_key_and_choices(tmp_path, edit, key, expected):
