@@ -55,7 +55,8 @@ class CandidateBaseline:
         return sorted(int(s) for s in self.per_query_ndcg10)
 
     def scores(self, dataset: str, seed: int | None = None) -> dict[str, float]:
-        """The stored scores of ``seed``, or their mean over stored seeds when that seed was not stored."""
+        """The stored scores of ``seed``; without a seed (or one not stored), their mean over the stored seeds
+        (``no_regression`` only compares a seed with its own stored scores)."""
         by_seed = self.per_query_ndcg10
         if seed is not None and str(seed) in by_seed and dataset in by_seed[str(seed)]:
             return dict(by_seed[str(seed)][dataset])

@@ -92,3 +92,12 @@ def test_a_wrecked_configuration_fails_no_regression_naming_the_drop(accepted, d
     assert regenerated.outcome == "fail" and "rewritten" in regenerated.message  # still reports, then rewrites
     assert result.path.read_bytes() != before
     assert json.loads(result.path.read_text())["provenance"]["train"]["lr"] == 5.0
+
+
+def test_a_seed_that_was_not_stored_fails_with_the_command_that_stores_it(accepted, data_dir):
+    folder, _, _ = accepted
+    suite = load_suite(write_suite(folder, 1e-3))
+    suite.seeds = [4]
+    outcome = gate(suite, data_dir)
+    assert outcome.outcome == "fail" and "no regression baseline stored for seed 4" in outcome.message
+    assert "--seeds 0,4" in outcome.message
