@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness import __version__
-from harness.plugins import KINDS, PluginError
+from harness.plugins import KINDS, PluginError, registry
 
 console = Console() if Console().is_terminal else Console(width=120)
 err = Console(stderr=True)
@@ -207,28 +208,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_plugins)
 
-    for extension in EXTENSIONS:
-        extension(sub)
+    pm = registry().pm
+    for name in COMMAND_PLUGINS:  # the command line's own plugins; entry-point plugins may add commands too
+        module = importlib.import_module(name)
+        if not pm.is_registered(module):
+            pm.register(module, name)
+    pm.hook.register_commands(subparsers=sub)
     return parser
 
 
-EXTENSIONS: list = []  # functions adding subcommands (train, run, baselines), appended by their modules
-
-
-def _load_extensions() -> None:
-    import importlib
-
-    for module in ("harness.train_cli", "harness.gate_cli"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+COMMAND_PLUGINS = ("harness.train_cli", "harness.gate_cli")  # built-in subcommands, registered by the CLI, not the library
 
 
 def main(argv: list[str] | None = None) -> int:
-    _load_extensions()
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # loads the plugins: a broken one is reported like any plugin error
+    except PluginError as exc:
+        say("plugin error:", "bold red", str(exc))
+        return EXIT_ERROR
+    args = parser.parse_args(argv)
     with warnings.catch_warnings(), signals():
         warnings.showwarning = _show_warning
         from harness.files import HarnessWarning
@@ -271,7 +269,5 @@ def _message(exc: Exception) -> str | None:
     return None
 
 
-if __name__ == "__main__":  # `python -m harness.cli`: run the imported module, whose EXTENSIONS the subcommands fill
-    from harness import cli as _cli
-
-    sys.exit(_cli.main())
+if __name__ == "__main__":  # `python -m harness.cli`
+    sys.exit(main())

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from harness import cli
+from harness import cli, hookimpl
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
@@ -293,5 +293,7 @@ def argparse_bool():
     return argparse.BooleanOptionalAction
 
 
-cli.EXTENSIONS.append(add_parser)
-cli.EXTENSIONS.append(add_validate_parser)
+@hookimpl
+def register_commands(subparsers):
+    add_parser(subparsers)
+    add_validate_parser(subparsers)

@@ -37,3 +37,10 @@ def register_losses(register):
 @hookspec
 def register_checks(register):
     """Register gate checks: ``register(name, check)``, ``check`` satisfying ``harness.types.Check``."""
+
+
+@hookspec
+def register_commands(subparsers):
+    """Add subcommands to the ``harness`` command line: ``p = subparsers.add_parser(name, help=...)``, its arguments,
+    and ``p.set_defaults(func=handler)`` with ``handler(args) -> exit status``. The built-in ``train``, ``run``,
+    ``baselines`` and ``validate`` are such plugins (``harness/train_cli.py``, ``harness/gate_cli.py``)."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from harness import cli
+from harness import cli, hookimpl
 
 if TYPE_CHECKING:
     from harness.types import TrainRun
@@ -266,5 +266,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-if add_parser not in cli.EXTENSIONS:
-    cli.EXTENSIONS.append(add_parser)
+@hookimpl
+def register_commands(subparsers):
+    add_parser(subparsers)
