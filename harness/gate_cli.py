@@ -67,7 +67,7 @@ def cmd_run(args) -> int:
             suite, seed=args.seed, candidates=args.candidate, out_dir=out_dir, require_gpu_=args.require_gpu,
             data_dir=args.data_dir, device=args.device, progress=not args.no_progress and sys.stderr.isatty(),
             on_outcome=None if args.json else on_outcome, on_candidate=on_candidate, regenerate=args.regenerate,
-            seeds=args.seeds,
+            seeds=args.seeds, workers=args.workers,
         )
         if not begun:
             rp.begin(out_dir, suite)
@@ -223,6 +223,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="one training seed for every candidate (overrides the suite's seeds)")
     p.add_argument("--seeds", type=_seeds, help="training seeds, comma-separated: each candidate is trained and judged on "
                    "each (overrides the suite's `seeds`; docs/gate.md: the seed rule)")
+    p.add_argument("--workers", type=_workers, default=1, metavar="N",
+                   help="train candidates x seeds in N processes (one GPU each, round robin, where there are several); "
+                        "checks and the report are the same as serial (default 1)")
     p.add_argument("--regenerate", action="store_true",
                    help="rewrite accepted candidates' regression baselines from this run (no_regression still reports)")
     p.add_argument("--candidate", type=cli._csv, help="only these candidates (comma-separated)")
@@ -261,6 +264,18 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="encoder precision (part of the provenance)")
     p.add_argument("--device", help="torch device for encoding")
     p.set_defaults(func=cmd_baselines)
+
+
+def _workers(text: str) -> int:
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of processes, e.g. 2") from None
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected between 1 and 256 processes")
+    return n
 
 
 def _seeds(text: str) -> list[int]:

@@ -174,3 +174,18 @@ def test_suites_are_collected_only_when_asked(tmp_path, baselines):
     assert "tiny.toml::" not in plain.stdout, plain.stdout
     asked = subprocess.run([*args, "--gate-suites", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
     assert "tiny.toml::identity::finite" in asked.stdout, asked.stdout + asked.stderr
+
+
+def test_workers_give_the_serial_run_s_numbers(tmp_path, baselines, data_dir):
+    """`harness run --workers 2` trains candidates x seeds in two processes; outcomes and numbers equal serial."""
+    text = SUITE.replace('datasets = ["scifact"]\nbaselines_dir', 'datasets = ["scifact"]\nseeds = [0, 1]\nbaselines_dir')
+    path = suite_file(tmp_path / "suites", baselines, text)
+    reports = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        assert main(["run", str(path), "--out", str(out), "--workers", str(workers), "--no-github-summary"]) == 0
+        report = json.loads((out / "report.json").read_text())
+        reports[workers] = {c["name"]: ({k: (v["outcome"], {s: x["measured"] for s, x in v["per_seed"].items()})
+                                         for k, v in c["checks"].items()}, c["ndcg10_by_seed"]) for c in report["candidates"]}
+        assert (out / "seed-1" / "runs" / "asym-dot" / "scifact" / "telemetry.json").is_file()
+    assert reports[2] == reports[1]
