@@ -283,23 +283,12 @@ def read_entry(path: Path, n_rows: int | None = None) -> tuple[torch.Tensor, dic
 
 def write_entry(path: Path, emb: torch.Tensor, meta: dict[str, Any]) -> None:
     """Write an entry (with its checksum) to a temporary file, fsync, and rename it into place."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     emb = emb.detach().contiguous().float().cpu()
     metadata = {k: str(v) for k, v in meta.items() if k != "sha256"}
     metadata["sha256"] = tensor_sha256(emb)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        save_file({"embeddings": emb}, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+    write_atomic(path, save({"embeddings": emb}, metadata=metadata))
 
 
 class EmbeddingCache:

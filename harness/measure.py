@@ -134,10 +134,9 @@ def dev_ndcg10(head: Head, devs: list[DevQueries], device: torch.device) -> dict
     head.eval()
     out = {}
     for dv in devs:
-        if dv.judgements is None:
-            dv.judgements = Judgements(dv.ids, dv.doc_ids, dv.qrels)
-        j = dv.judgements if dv.judgements.device == torch.device(device) else dv.judgements.to(device)
-        dv.judgements = j
+        if dv.judgements is None:  # built once, moved to the training device once (not every epoch)
+            dv.judgements = Judgements(dv.ids, dv.doc_ids, dv.qrels).to(device)
+        j = dv.judgements
         q = encode(head.encode_queries, dv.emb, device)
         d = encode(head.encode_docs, dv.docs, device)
         out[dv.dataset] = evaluate_embeddings(q, d, j, head.similarity, k=10).ndcg

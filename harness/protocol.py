@@ -96,7 +96,6 @@ class TrainingSet:
     queries: torch.Tensor  # (Q, dim): the training queries (dev queries removed)
     docs: torch.Tensor  # (N, dim): the corpora, stacked
     positives: list[torch.Tensor]  # per query: indices of its judged documents (relevance >= 1)
-    pos_table: torch.Tensor  # (Q, P) the same, -1 padded (for masking)
     negatives: torch.Tensor | None  # (Q, K) mined hard negatives, -1 padded; None without hard negatives
     pair_q: torch.Tensor  # every (query, positive) pair, capped by max_pairs: probes and positives="all"
     pair_d: torch.Tensor
@@ -149,14 +148,6 @@ class TrainingSet:
         b = torch.arange(len(qi))
         mask[b, b] = False
         return mask
-
-
-def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
-    width = max((len(r) for r in rows), default=0)
-    out = torch.full((len(rows), max(width, 1)), -1, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
 
 
 @dataclass
@@ -231,7 +222,7 @@ def build_unit(config: TrainConfig, unit: Unit, gen: torch.Generator,
         info.setdefault("dev_ids", {})[name] = dev_ids
         q_off += len(train_ids)
         d_off += len(docs.ids)
-    tset = TrainingSet(torch.cat(qs), torch.cat(ds), positives, _pad(positives),
+    tset = TrainingSet(torch.cat(qs), torch.cat(ds), positives,
                        torch.cat([_pad_to(n, max(t.shape[1] for t in negatives)) for n in negatives]) if negatives else None,
                        torch.cat(pair_q), torch.cat(pair_d), info)
     return tset, devs

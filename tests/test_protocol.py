@@ -39,9 +39,8 @@ def test_protocol_settings_are_validated_with_their_key(bad, key):
 
 def _toy_set() -> TrainingSet:
     positives = [torch.tensor([0, 1]), torch.tensor([2]), torch.tensor([1])]
-    pos_table = torch.tensor([[0, 1], [2, -1], [1, -1]])
     negatives = torch.tensor([[3, -1, 4], [-1, -1, -1], [0, 5, -1]])
-    return TrainingSet(torch.randn(3, 4), torch.randn(6, 4), positives, pos_table, negatives,
+    return TrainingSet(torch.randn(3, 4), torch.randn(6, 4), positives, negatives,
                        torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 2, 1]))
 
 
