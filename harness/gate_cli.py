@@ -16,14 +16,12 @@ def _errors():
 
 
 def load_suite_file(path: str | Path):
-    """``harness.suite.load_suite``, with a file that is not UTF-8 reported as a ``SuiteError`` naming the line."""
-    from harness.files import not_utf8
+    """``harness.suite.load_suite`` (which reports a file that is not UTF-8 itself), with a folder or an unreadable
+    file reported as a ``SuiteError``."""
     from harness.suite import SuiteError, load_suite
 
     try:
         return load_suite(path)
-    except UnicodeDecodeError as exc:
-        raise SuiteError(not_utf8(Path(path), exc)) from None
     except IsADirectoryError:
         raise SuiteError(f"{path}: a folder, not a suite file; give a suites/*.toml file") from None
     except PermissionError as exc:
