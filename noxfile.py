@@ -1,5 +1,5 @@
-"""Sessions: `nox -s tests` (CI), `nox -s smoke` (the CPU gate), `nox -s gpu_suite` (the MPNet gate, needs CUDA),
-`nox -s lint` (ruff and mypy)."""
+"""Sessions: `nox -s tests` (CI), `nox -s fast` (the tests that need no data or model), `nox -s smoke` (the CPU
+gate), `nox -s gpu_suite` (the MPNet gate, needs CUDA), `nox -s lint` (ruff and mypy)."""
 import os
 from pathlib import Path
 
@@ -26,6 +26,14 @@ def tests(session):
     """Run the test suite (what CI runs)."""
     install(session, "test")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(default=False)
+def fast(session):
+    """The fast tier: every test that needs neither the BEIR data nor a model's weights (seconds to two minutes)."""
+    session.install(TORCH)
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not data", *session.posargs)
 
 
 @nox.session

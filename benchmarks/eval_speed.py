@@ -66,7 +66,7 @@ class Setup:
 
     def __init__(self, name, inputs, device):
         from harness import metrics, scoring
-        from harness.retrieval import top_k, to_run
+        from harness.retrieval import to_run, top_k
 
         x = inputs[name]
         self.name, self.similarity, self.device = name, x["similarity"], device

@@ -3,6 +3,6 @@ from pluggy import HookimplMarker
 
 __version__ = "0.1.0"
 
-hookimpl = HookimplMarker("harness")
+hookimpl = HookimplMarker("retrieval_harness")  # = harness.registry.PROJECT
 
 __all__ = ["hookimpl", "__version__"]

@@ -19,6 +19,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from harness import __version__
+from harness.evaluate import evaluate, provenance
+from harness.sources import make_dataset, make_encoder
+
 FORMAT = 1
 BASELINES_ENV = "HARNESS_BASELINES_DIR"
 # Fields that change the numbers: a mismatch in any of them makes a comparison meaningless.
@@ -156,8 +160,6 @@ def from_dict(raw, path: Path, cmd: str) -> Baseline:
 
 def current_provenance(encoder_name: str, dataset_name: str, split: str, data_dir: str | None = None) -> dict:
     """The provenance a baseline of ``encoder_name`` on ``dataset_name``/``split`` would have now."""
-    from harness.evaluate import provenance
-    from harness.sources import make_dataset, make_encoder
 
     encoder = make_encoder(encoder_name)
     dataset = make_dataset(dataset_name, data_dir)
@@ -196,9 +198,6 @@ def load_verified(root, encoder: str, dataset: str, split: str, data_dir: str | 
 
 
 def compute(encoder_name: str, dataset_name: str, split: str, data_dir: str | None = None, **encoder_options) -> Baseline:
-    from harness import __version__
-    from harness.evaluate import evaluate
-    from harness.sources import make_dataset, make_encoder
 
     encoder = make_encoder(encoder_name, **encoder_options)
     result = evaluate(encoder, make_dataset(dataset_name, data_dir), split)

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness import __version__
-from harness.plugins import KINDS, PluginError, registry
+from harness.registry import KINDS, PluginError, registry
 
 console = Console() if Console().is_terminal else Console(width=120)
 err = Console(stderr=True)
@@ -166,7 +166,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    from harness.plugins import components
+    from harness.registry import components
 
     rows = [(kind, c) for kind in (args.kind or KINDS) for c in components(kind).values()]
     if args.json:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 
+from harness.registry import get
 from harness.types import Head
 
 
@@ -41,7 +42,6 @@ def _check_options(kind: str, name: str, component, options: dict, extra: str = 
 
 def build_head(name: str, dim: int, options: dict | None = None) -> Head:
     """A registered head with ``options``; a wrong option or a failing constructor raises ``ComponentError``."""
-    from harness.plugins import get
 
     component = get("heads", name)
     options = dict(options or {})
@@ -61,7 +61,6 @@ def build_head(name: str, dim: int, options: dict | None = None) -> Head:
 
 def build_loss(name: str, options: dict | None = None):
     """``factory(**options)`` of a registered loss (``weight`` is the trainer's, not the loss's)."""
-    from harness.plugins import get
 
     component = get("losses", name)
     options = {k: v for k, v in (options or {}).items() if k != "weight"}
@@ -71,6 +70,16 @@ def build_loss(name: str, options: dict | None = None):
     except Exception as exc:
         given = f" with options {options}" if options else ""
         raise ComponentError(f"loss {name!r} (plugin {component.plugin}) failed to build{given}: {type(exc).__name__}: {exc}") from exc
+
+
+def check_components(head: str, head_options: dict, losses: dict) -> None:
+    """A head's name and options and each loss (built once), before any data is read: a wrong name raises
+    ``PluginError``, a wrong option or a failing loss ``ComponentError``. The head is built at its real width
+    when training starts."""
+
+    _check_options("head", head, get("heads", head), dict(head_options or {}))
+    for name, spec in losses.items():
+        build_loss(name, spec if isinstance(spec, dict) else {})
 
 
 def is_trainable(head: Head) -> bool:

@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+from harness.cache import file_sha256
 from harness.types import Split
 
 DATA_ENV = "HARNESS_DATA_DIR"
@@ -110,7 +111,6 @@ class BeirDataset:
         return _load(str(self.path), split, _signature(self.path, split))
 
     def file_hashes(self, split: str) -> dict[str, str]:
-        from harness.encoders import file_sha256
 
         self._check_split(split)
         return {f: file_sha256(self.path / f) for f in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv")}
@@ -122,7 +122,6 @@ class BeirDataset:
 def _signature(path: Path, split: str) -> tuple:
     """The three files' sha256 (about 15 ms for SciFact): the in-process cache never serves an edited file's
     old contents, whatever its timestamps say."""
-    from harness.cache import file_sha256
 
     out: list[str | None] = []
     for f in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):

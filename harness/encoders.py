@@ -16,6 +16,8 @@ from typing import Any, Sequence, cast
 
 import torch
 
+from harness.cache import cache_root, file_sha256, read_memo, write_memo
+from harness.files import one_line, read_utf8
 from harness.progress import progress_bar
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,23 +38,12 @@ def _read_json(path: Path, kind: type[dict] | type[list] = dict):
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        from harness.files import not_utf8
-
-        raise EncoderError(not_utf8(path, exc)) from None
+        data = json.loads(read_utf8(path, EncoderError))
     except json.JSONDecodeError as exc:
         raise EncoderError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); restore the model folder's file") from None
     if not isinstance(data, kind) or (kind is list and not all(isinstance(m, dict) for m in data)):
         raise EncoderError(f"{path}: a JSON {type(data).__name__}, not the expected {kind.__name__}; restore the model folder's file")
     return data
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file (``harness.cache.file_sha256``: small files re-hashed, big ones memoised by inode and ctime)."""
-    from harness.cache import file_sha256 as _file_sha256
-
-    return _file_sha256(Path(path))
 
 
 # Files that torch/transformers would unpickle: loading one can run arbitrary code, so they are refused.
@@ -137,7 +128,6 @@ class TransformerEncoder:
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_ref)
             self._model = AutoModel.from_pretrained(self.model_ref, use_safetensors=True).to(self.device).eval()
         except (OSError, ValueError) as exc:
-            from harness.files import one_line
 
             raise EncoderError(
                 f"cannot load encoder {self.name!r} from {self.model_ref!r}: {one_line(exc)}; give a local model "
@@ -156,7 +146,6 @@ class TransformerEncoder:
 
     # -- identity ------------------------------------------------------------------------------
     def manifest_path(self) -> Path:
-        from harness.cache import cache_root
 
         return cache_root() / "encoders" / f"{self.name}.json"
 
@@ -164,7 +153,6 @@ class TransformerEncoder:
         """What the cache remembers of this encoder (fingerprint, max length, pooling, dim); ``{}`` if nothing.
 
         A damaged manifest is reported with a warning and ignored; ``fingerprint()`` rewrites it."""
-        from harness.cache import read_memo
 
         return read_memo(self.manifest_path(), MANIFEST_FIELDS)
 
@@ -182,7 +170,6 @@ class TransformerEncoder:
                 return self._from_manifest(exc)
             except Exception as exc:
                 return self._from_manifest(exc)
-            from harness.cache import write_memo
 
             record = {"name": self.name, "model_ref": self.model_ref, "fingerprint": self._fingerprint,
                       "max_length": self.max_length, "pooling": self.pooling, "normalize": self.normalize, "dim": self.dim}
@@ -193,7 +180,6 @@ class TransformerEncoder:
     def _from_manifest(self, exc: Exception) -> str:
         known = self.manifest()
         if "fingerprint" not in known:
-            from harness.files import one_line
 
             raise EncoderError(
                 f"cannot fingerprint encoder {self.name!r}: {one_line(exc)}; install its weights (README: models), or "
@@ -288,7 +274,6 @@ def mpnet_path() -> str:
         if rel is None:
             raise EncoderError(f"package {MPNET_PARTS[i - 1]} has no piece all-mpnet-base-v2.zip.00{i}; reinstall it")
         pieces.append(Path(cast("os.PathLike[str]", dist.locate_file(rel))))
-    from harness.cache import cache_root
 
     stamp = hashlib.sha256("|".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in pieces).encode()).hexdigest()[:16]
     target = cache_root() / "models" / f"all-mpnet-base-v2-{stamp}"

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness import __version__
-from harness.cache import EmbeddingCache, cache_key
+from harness.cache import EmbeddingCache, cache_key, file_sha256
 from harness.data import doc_text
 from harness.retrieval import to_run, top_k
 from harness.scoring import (
@@ -49,7 +49,6 @@ def embed_side(encoder: Encoder, dataset: Dataset, split: str, side: str, cache:
         source = "corpus.jsonl"
     else:
         raise ValueError(f"side must be 'query' or 'doc', not {side!r}")
-    from harness.encoders import file_sha256
 
     key = cache_key(
         encoder=encoder.fingerprint(),

@@ -56,3 +56,12 @@ def not_utf8(path: Path, exc: UnicodeDecodeError, data: bytes | None = None) -> 
         return f"{path}: not UTF-8 text (byte 0x{bad.hex() or '??'} at offset {exc.start}); save the file as UTF-8"
     column = exc.start - data.rfind(b"\n", 0, exc.start)
     return f"{path}:{line_of(data, exc.start)}: not UTF-8 text (byte 0x{bad.hex() or '??'} at column {column}); save the file as UTF-8"
+
+
+def read_utf8(path: Path, error: type[Exception]) -> str:
+    """A text file's contents; a file that is not UTF-8 raises ``error`` with ``not_utf8``'s one line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(not_utf8(path, exc, data)) from None

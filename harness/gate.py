@@ -20,7 +20,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.baselines import BaselineError, load_verified
+from harness.registry import get
 from harness.suite import CandidateSpec, Suite
+from harness.train import TrainConfig, train
+from harness.types import CheckResult, CheckTraits
 
 GATING = ("fail", "xpass", "error")
 
@@ -54,7 +58,6 @@ class BaselineStore:
         self.warnings: list[str] = []
 
     def get(self, encoder: str, dataset: str, split: str):
-        from harness.baselines import load_verified
 
         key = (encoder, dataset, split)
         if key not in self._cache:
@@ -176,14 +179,12 @@ def thresholds_for(check_component, spec: CandidateSpec) -> dict:
 def scope_of(component) -> str:
     """"run": judged on each training unit's run (dynamics); "candidate": once, on every dataset's selected
     numbers (verdicts on scores); "static": on the configuration, before training."""
-    if getattr(component.factory, "stage", "trained") == "static":
-        return "static"
-    return getattr(component.factory, "scope", "run")
+    traits = CheckTraits.of(component.factory)
+    return "static" if traits.stage == "static" else traits.scope
 
 
 def combine_units(check: str, results: dict[str, Any]):
     """One verdict from a per-run check judged on several units: it fails if any unit fails."""
-    from harness.types import CheckResult
 
     if len(results) == 1:
         return next(iter(results.values()))
@@ -199,7 +200,6 @@ def combine_units(check: str, results: dict[str, Any]):
 
 
 def classify(check: str, result, expected: dict[str, str]) -> Outcome:
-    from harness.types import CheckResult
 
     if not isinstance(result, CheckResult):
         return Outcome(check, "error", error=f"check {check!r} returned {type(result).__name__}, not harness.types.CheckResult")
@@ -231,17 +231,15 @@ class CandidateGate:
         self.train_seconds = 0.0
 
     def components(self) -> dict[str, Any]:
-        from harness.plugins import get
 
         return {name: get("checks", name) for name in self.spec.checks}
 
     def static_checks(self) -> list[str]:
-        return [n for n, c in self.components().items() if getattr(c.factory, "stage", "trained") == "static"]
+        return [n for n, c in self.components().items() if CheckTraits.of(c.factory).stage == "static"]
 
     def train(self):
         if not self._trained:
             self._trained = True
-            from harness.train import TrainConfig, train
 
             start = time.perf_counter()
             try:
@@ -258,7 +256,7 @@ class CandidateGate:
         if name in self.outcomes:
             return self.outcomes[name]
         component = self.components()[name]
-        static = getattr(component.factory, "stage", "trained") == "static"
+        static = CheckTraits.of(component.factory).stage == "static"
         start = time.perf_counter()
         if not static and self.train() is None:
             outcome = Outcome(name, "error", error=self.train_error)
@@ -273,7 +271,6 @@ class CandidateGate:
                     result = component.factory.run(self.candidate, **thresholds)
                 outcome = classify(name, result, self.spec.expect_fail)
             except Exception as exc:
-                from harness.baselines import BaselineError
 
                 if isinstance(exc, BaselineError):
                     raise

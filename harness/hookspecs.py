@@ -11,7 +11,7 @@ Factories and the interfaces they must satisfy are described in ``harness.types`
 """
 from pluggy import HookspecMarker
 
-hookspec = HookspecMarker("harness")
+hookspec = HookspecMarker("retrieval_harness")  # = harness.registry.PROJECT
 
 
 @hookspec

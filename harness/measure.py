@@ -18,6 +18,7 @@ from harness import sources
 from harness import telemetry as tm
 from harness.config import TrainConfig
 from harness.protocol import DevQueries, TrainingSet
+from harness.retrieval import top_k
 from harness.scoring import Judgements, evaluate_embeddings
 from harness.types import Head, HeadOutput
 
@@ -72,7 +73,6 @@ def _judgements(q_ids: list[str], d_ids: list[str], qrels: dict) -> Judgements:
 
 def attach_reference(sets: list[EvalSet], encoder: str, frozen: dict) -> None:
     """Give each eval set the frozen encoder's top 10 (for overlap) and top 1000 (for reranking depths)."""
-    from harness.retrieval import top_k
 
     similarity = sources.encoder_similarity(encoder)
     for s in sets:
@@ -149,15 +149,24 @@ def grad_norm(params: list[torch.nn.Parameter]) -> float:
     return math.sqrt(sum(t.item() for t in sq)) if sq else 0.0
 
 
-def sim_matrix(losses: dict[str, Any], stage: dict[str, dict], out: HeadOutput) -> torch.Tensor:
-    """The in-batch (B, B) similarity the loss uses: the stage's first contrastive loss, else any configured
-    one, else cosine. Hard-negative columns are left out so positives and negatives compare like for like."""
-    b = out.query.shape[0]
+def scoring_loss(losses: dict[str, Any], stage: dict[str, dict]) -> str | None:
+    """The loss whose pair scores telemetry reports: the stage's first contrastive loss (one with ``scores``),
+    else any configured one; None when no loss scores pairs (telemetry then uses cosine)."""
     for names in (list(stage), list(losses)):
         for name in names:
             if hasattr(losses[name], "scores"):
-                return losses[name].scores(out)[:, :b]
-    return F.normalize(out.query, dim=-1) @ F.normalize(out.doc, dim=-1).T
+                return name
+    return None
+
+
+def sim_matrix(losses: dict[str, Any], stage: dict[str, dict], out: HeadOutput) -> tuple[torch.Tensor, str]:
+    """The in-batch (B, B) similarity the loss uses (``scoring_loss``) and its kind, "dot" or "cos".
+    Hard-negative columns are left out so positives and negatives compare like for like."""
+    name = scoring_loss(losses, stage)
+    if name is None:
+        return F.normalize(out.query, dim=-1) @ F.normalize(out.doc, dim=-1).T, "cos"
+    b = out.query.shape[0]
+    return losses[name].scores(out)[:, :b], getattr(losses[name], "similarity", "cos")
 
 
 def pos_neg(sim: torch.Tensor) -> tuple[float, float]:
@@ -184,6 +193,7 @@ def probe(head: Head, pairs: TrainingSet, probe_idx: torch.Tensor, losses: dict[
     sums: dict[str, float] = {}
     pos = neg = grad = 0.0
     nb = 0
+    sim_kind = "cos"
     aux: dict[str, list[torch.Tensor]]
     qs, ds, inq, aux = [], [], [], {}
     for start in range(0, len(probe_idx), batch_size):
@@ -202,7 +212,8 @@ def probe(head: Head, pairs: TrainingSet, probe_idx: torch.Tensor, losses: dict[
         for name, value in [("total", total), *parts.items()]:
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         with torch.no_grad():
-            p, n = pos_neg(sim_matrix(losses, stage, out).detach())
+            sim, sim_kind = sim_matrix(losses, stage, out)
+            p, n = pos_neg(sim.detach())
         pos, neg, nb = pos + p, neg + n, nb + 1
         qs.append(out.query.detach().cpu())
         ds.append(out.doc.detach().cpu())
@@ -220,6 +231,7 @@ def probe(head: Head, pairs: TrainingSet, probe_idx: torch.Tensor, losses: dict[
         "d_norm": tm.norm_stats(torch.cat(ds)),
         "pos_sim": pos / nb,
         "neg_sim": neg / nb,
+        "pos_sim_by": sim_kind,
         "grad_norm": grad / nb if with_grad and params else float("nan"),
         # a head that adds its residual to a projection of the query reports it relative to that projection
         "residual": tm.residual_stats(aux_t, aux_t.get("residual_base", torch.cat(inq))),
@@ -229,7 +241,7 @@ def probe(head: Head, pairs: TrainingSet, probe_idx: torch.Tensor, losses: dict[
 def step_sample(epoch, b, n_batches, total, parts, gnorm, out, losses, stage) -> dict[str, float]:
     """One training step's numbers, sampled into ``EpochRecord.steps``."""
     with torch.no_grad():
-        pos, neg = pos_neg(sim_matrix(losses, stage, out))
+        pos, neg = pos_neg(sim_matrix(losses, stage, out)[0])
         s = {"epoch": epoch, "step": b, "progress": (b + 1) / n_batches, "loss_total": float(total.detach()),
              **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}, "grad_norm": gnorm, "pos_sim": pos, "neg_sim": neg,
              "q_norm_mean": out.query.norm(dim=-1).mean().item(), "d_norm_mean": out.doc.norm(dim=-1).mean().item()}

@@ -17,15 +17,14 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from harness import sources
+from harness.cache import EmbeddingCache, cache_key
 from harness.config import TrainConfig
-
-if TYPE_CHECKING:
-    from harness.scoring import Judgements
+from harness.retrieval import top_k
+from harness.scoring import Judgements
 
 
 @dataclass
@@ -63,8 +62,6 @@ def mine_negatives(encoder: str, dataset: str, data_dir: str | None, split: str,
     """Each train query's hard negatives: corpus indices from the frozen encoder's top ``depth``, best first,
     without the query's judged documents (any relevance) or a document whose id is the query's; ``-1`` pads.
     Cached like embeddings (key: encoder weights, data files, split, depth). Returns (query ids, table, cache hit)."""
-    from harness.cache import EmbeddingCache, cache_key
-    from harness.retrieval import top_k
 
     queries = sources.embedded(encoder, dataset, data_dir, split, "query")
     docs = sources.embedded(encoder, dataset, data_dir, split, "doc")

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, cast
 
+from harness.baselines import BaselineError
 from harness.gate import (
     BaselineStore,
     CandidateGate,
@@ -23,13 +24,14 @@ from harness.gate import (
     scope_of,
     thresholds_for,
 )
+from harness.registry import get
 from harness.suite import CandidateSpec, Suite
+from harness.types import CheckTraits, EpochRecord, TrainRun
 
 
 def pooled_run(runs: dict[int, Any]):
     """One run whose selected epoch holds each query's NDCG@10 averaged over the seeds' selected epochs
     (what a seed-pooled check such as ``beats_baseline`` judges)."""
-    from harness.types import EpochRecord, TrainRun
 
     first = next(iter(runs.values()))
     if len(runs) == 1:
@@ -125,7 +127,7 @@ class SeededGate:
         else:
             per_seed = {s: g.check(name) for s, g in self.gates.items()}
         self.per_seed[name] = per_seed
-        if len(self.seeds) > 1 and getattr(component.factory, "seeds", "each") == "pooled" and all(
+        if len(self.seeds) > 1 and CheckTraits.of(component.factory).seeds == "pooled" and all(
                 g.candidate.run is not None for g in self.gates.values()):
             outcome = self._pooled(name, component)
         else:
@@ -142,7 +144,6 @@ class SeededGate:
             result = component.factory.run(pooled, **thresholds_for(component, self.spec))
             outcome = classify(name, result, self.spec.expect_fail)
         except Exception as exc:
-            from harness.baselines import BaselineError
 
             if isinstance(exc, BaselineError):
                 raise
@@ -172,13 +173,12 @@ class SeededGate:
 def verify_baselines(suite: Suite, store: BaselineStore, seed: int | None = None, data_dir: str | None = None,
                      candidates: list[CandidateSpec] | None = None) -> None:
     """Load and verify every baseline the suite's checks compare with, before anything trains."""
-    from harness.plugins import get
 
     for spec in candidates or suite.candidates:
         config = suite.train_config(spec, seed=seed, data_dir=data_dir)
         for name in spec.checks:
             component = get("checks", name)
-            wanted = getattr(component.factory, "baselines", None)
+            wanted = CheckTraits.of(component.factory).baselines
             if wanted is None:
                 continue
             for encoder, dataset, split in wanted(config, **thresholds_for(component, spec)):

@@ -11,22 +11,23 @@ from pathlib import Path
 
 import torch
 
+from harness.data import BeirDataset
+from harness.encoders import TransformerEncoder
+from harness.evaluate import embed_side
+from harness.registry import get, registry
+
 
 def make_encoder(name: str, **options):
     """A registered encoder, or a local sentence-transformers folder / hub name (``org/model``)."""
-    from harness.plugins import get, registry
 
     if name in registry().components("encoders") or not (Path(name).is_dir() or "/" in name):
         return get("encoders", name).factory(**options)
-    from harness.encoders import TransformerEncoder
 
     return TransformerEncoder(name, **options)
 
 
 def make_dataset(name: str, data_dir: str | None = None, download: bool = False):
     """A registered dataset found under ``data_dir``, or any BEIR-format folder given by path."""
-    from harness.data import BeirDataset
-    from harness.plugins import get
 
     if Path(name).is_dir():
         return BeirDataset(Path(name).name, Path(name))
@@ -44,7 +45,6 @@ class Side:
 @lru_cache(maxsize=32)
 def embedded(encoder_name: str, dataset_name: str, data_dir: str | None, split: str, side: str) -> Side:
     """Queries (``side="query"``, those with judgements in ``split``) or the corpus, through the cache."""
-    from harness.evaluate import embed_side
 
     e = embed_side(make_encoder(encoder_name), make_dataset(dataset_name, data_dir), split, side)
     return Side(e.ids, e.emb.float())

@@ -41,8 +41,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-SUPPORTED_VERSIONS = (1,)
+from harness.components import ComponentError, check_components  # noqa: E402
+from harness.config import ConfigError, TrainConfig  # noqa: E402
+from harness.files import read_utf8  # noqa: E402
+from harness.registry import components
 from harness.suite_keys import CANDIDATE_KEYS, SUITE_KEYS, TRAIN_KEYS  # noqa: E402  (the vocabulary)
+
+SUPPORTED_VERSIONS = (1,)
 
 
 class SuiteError(Exception):
@@ -157,7 +162,6 @@ def _names(value, ctx: _Ctx, key: str) -> list[str]:
 
 
 def _registered(kind: str) -> dict:
-    from harness.plugins import components
 
     return components(kind)
 
@@ -214,11 +218,7 @@ def load_suite(path: str | Path) -> Suite:
     if not path.is_file():
         raise SuiteError(f"{path}: suite file not found (suites live in suites/*.toml)")
     try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        from harness.files import not_utf8
-
-        raise SuiteError(not_utf8(path, exc)) from None
+        raw = tomllib.loads(read_utf8(path, SuiteError))
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: not valid TOML: {exc}") from exc
     ctx.unknown("", raw, SUITE_KEYS)
@@ -247,15 +247,15 @@ def load_suite(path: str | Path) -> Suite:
     train = dict(ctx.expect("train", raw.get("train", {}), dict, "a table"))
     _validate_train(ctx, "train.", train, datasets_known)
 
-    check_components = _registered("checks")
+    known_checks = _registered("checks")
     checks_raw = ctx.expect("checks", raw["checks"], dict, "a table of [checks.<name>] tables")
     if not checks_raw:
-        raise ctx.fail("checks", "no checks listed; add at least one [checks.<name>] table", check_components)
+        raise ctx.fail("checks", "no checks listed; add at least one [checks.<name>] table", known_checks)
     checks: dict[str, dict] = {}
     for check, thresholds in checks_raw.items():
-        if check not in check_components:
-            raise ctx.fail(f"checks.{check}", f"unknown check.{_did_you_mean(check, check_components)}", check_components)
-        checks[check] = _check_thresholds(ctx, f"checks.{check}", check, thresholds, check_components)
+        if check not in known_checks:
+            raise ctx.fail(f"checks.{check}", f"unknown check.{_did_you_mean(check, known_checks)}", known_checks)
+        checks[check] = _check_thresholds(ctx, f"checks.{check}", check, thresholds, known_checks)
 
     heads = _registered("heads")
     losses = _registered("losses")
@@ -309,7 +309,7 @@ def load_suite(path: str | Path) -> Suite:
         for check, thresholds in overrides.items():
             if check not in selected:
                 raise ctx.fail(f"{where}.checks.{check}", f"check {check!r} is not run for this candidate", selected)
-            effective[check].update(_check_thresholds(ctx, f"{where}.checks.{check}", check, thresholds, check_components))
+            effective[check].update(_check_thresholds(ctx, f"{where}.checks.{check}", check, thresholds, known_checks))
 
         xf = c.get("expect_fail", [])
         if isinstance(xf, list):
@@ -367,16 +367,14 @@ def _validate_components(ctx: _Ctx, where: str, head: str, head_options: dict, l
     """Check the head's options against what it takes, and build each loss once, so a wrong option fails
     here, not mid-run. The head itself is built at its real width when training starts (``harness validate``
     builds it there too, from the encoder's dimension)."""
-    from harness.components import ComponentError, _check_options, build_loss
-    from harness.plugins import get
 
     try:
-        _check_options("head", head, get("heads", head), head_options)
+        check_components(head, head_options, {})
     except ComponentError as exc:
         raise ctx.fail(f"{where}.head_options", str(exc)) from None
     for name, spec in losses.items():
         try:
-            build_loss(name, spec if isinstance(spec, dict) else {})
+            check_components(head, head_options, {name: spec})
         except ComponentError as exc:
             raise ctx.fail(f"{where}.losses.{name}", str(exc)) from None
 
@@ -385,7 +383,6 @@ def _validate_config(ctx: _Ctx, where: str, merged: dict, own: dict, raw: dict, 
                      head_options: dict, losses: dict, pretrain: dict | None) -> None:
     """The candidate's whole training configuration, validated once by ``TrainConfig`` (the trainer's own
     vocabulary); an error names the table the bad key came from."""
-    from harness.config import ConfigError, TrainConfig
 
     config = {k: v for k, v in merged.items() if k != "datasets"}
     config.update(encoder=raw.get("encoder", "minilm"), head=head, head_options=head_options, losses=losses,

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.files import write_atomic
+from harness.metrics import rank
 from harness.types import EpochRecord, TrainRun
 
 FORMAT = 1
@@ -74,7 +75,6 @@ def residual_stats(aux: dict[str, torch.Tensor], input_query: torch.Tensor) -> d
 
 def top10_overlap(run: dict[str, dict[str, float]], reference: dict[str, list[str]]) -> float:
     """Mean fraction of each query's top 10 that is also in the reference top 10."""
-    from harness.metrics import rank
 
     shares = [len(set(rank(docs)[:10]) & set(reference[q])) / max(len(reference[q]), 1) for q, docs in run.items() if q in reference]
     return sum(shares) / len(shares) if shares else float("nan")

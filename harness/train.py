@@ -27,7 +27,7 @@ import torch
 
 from harness import sources
 from harness import telemetry as tm
-from harness.components import build_head, build_loss, is_trainable
+from harness.components import build_head, build_loss, check_components, is_trainable
 from harness.config import TrainConfig, normalize_losses
 from harness.files import write_atomic
 from harness.measure import (  # noqa: F401
@@ -40,6 +40,7 @@ from harness.measure import (  # noqa: F401
     probe,
     step_sample,
 )
+from harness.progress import progress_bar
 from harness.protocol import Unit, build_unit, load_pairs, units  # noqa: F401  (load_pairs: re-exported)
 from harness.types import EpochRecord, Head, TrainResult, TrainRun
 
@@ -88,6 +89,7 @@ def train(config: TrainConfig | dict, out_dir: Path | None = None, progress: boo
         config = TrainConfig.from_dict(config)
     config = copy.deepcopy(config)
     config.validate()
+    check_components(config.head, config.head_options, {**((config.pretrain or {}).get("losses") or {}), **(config.losses or {})})
     threads = torch.get_num_threads()
     try:
         runs = {}
@@ -192,10 +194,8 @@ def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: in
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     head = build_head(config.head, dim, config.head_options).to(device)
-    if getattr(head, "needs_encoder", False):
-        raise ValueError(f"head {config.head!r} needs the encoder in the loop; the trainer only feeds cached embeddings so far")
     trainable = is_trainable(head)
-    loss_specs = config.losses or normalize_losses(copy.deepcopy(getattr(type(head), "default_losses", {}) or {}), "losses")
+    loss_specs = config.losses or normalize_losses(copy.deepcopy(getattr(type(head), "default_losses", None) or {}), "losses")
     if trainable and not loss_specs and config.epochs > 0:
         raise ValueError(f"head {config.head!r} is trainable but no loss is configured (and it has no default_losses); "
                          f"give losses, e.g. --loss infonce_cos")
@@ -228,6 +228,7 @@ def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: in
         ev = evaluate_head(head, sets, device)
         rec = EpochRecord(
             epoch=epoch, loss=p["loss"], q_norm=p["q_norm"], d_norm=p["d_norm"], pos_sim=p["pos_sim"], neg_sim=p["neg_sim"],
+            pos_sim_by=p["pos_sim_by"],
             grad_norm=p["grad_norm"], residual=p["residual"], rankme=ev["rankme"], alignment=ev["alignment"],
             uniformity=ev["uniformity"], ndcg10=ev["ndcg10"], per_query_ndcg10=ev["per_query_ndcg10"],
             top10_overlap=ev["top10_overlap"], rerank_ndcg10=ev["rerank_ndcg10"], dev_ndcg10=dev_ndcg10(head, devs, device),
@@ -334,6 +335,5 @@ class _NoBar:
 def _bar(show: bool, description: str, total: int):
     if not show:
         return _NoBar()
-    from harness.progress import progress_bar
 
     return progress_bar(description, total)

@@ -187,7 +187,7 @@ def epoch_table(run: "TrainRun") -> Table:
 
 
 def cmd_train(args) -> int:
-    from harness.plugins import PluginError
+    from harness.registry import PluginError
     from harness.telemetry import run_to_dict
     from harness.train import TrainConfig, train
 
@@ -198,12 +198,12 @@ def cmd_train(args) -> int:
             nd = " ".join(f"{k}={v:.4f}" for k, v in e.ndcg10.items())
             dev = " ".join(f"{k}={v:.4f}" for k, v in e.dev_ndcg10.items())
             err.print(f"{unit} epoch {e.epoch}: loss {_f(e.loss.get('total'), 4)} |q| {_f(e.q_norm.get('mean'))} "
-                      f"dev NDCG@10 {dev or '-'} test NDCG@10 {nd}", highlight=False, markup=False)
+                      f"dev NDCG@10 {dev or '-'} test NDCG@10 {nd}", highlight=False, markup=False, soft_wrap=True)
 
         result = train(config, Path(args.out) if args.out else None, progress=not args.json, on_epoch=None if args.json else on_epoch)
     except (ValueError, PluginError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        return 2
+        cli.error(exc)
+        return cli.EXIT_ERROR
     if args.json:
         out: dict[str, Any] = {"mode": result.mode, "units": {}}
         for name, run in result.units.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -85,7 +85,8 @@ class Head(nn.Module):
     """
 
     similarity: Similarity = "cos"
-    trainable: bool = True
+    trainable: bool = True  # False: nothing to train (the frozen encoder itself)
+    default_losses: dict = {}  # losses used when a suite gives none, e.g. {"infonce_cos": {"temperature": 0.05}}
 
     def __init__(self, dim: int, **options: Any):
         super().__init__()
@@ -102,8 +103,9 @@ class Head(nn.Module):
 
 
 class Loss(Protocol):
-    """``loss(out) -> scalar``. A loss may also expose ``scores(out) -> (B, B)`` similarity matrix,
-    the positives on its diagonal, which telemetry reports as "positive/negative similarity"."""
+    """``loss(out) -> scalar``. Optional: ``scores(out) -> (B, B + negatives)`` its similarity matrix, the
+    positives on its diagonal, which telemetry reports as "positive/negative similarity"; ``similarity``
+    "dot" | "cos", what those scores are (the trainer warns when it differs from the head's)."""
 
     def __call__(self, out: HeadOutput) -> torch.Tensor: ...
 
@@ -124,13 +126,35 @@ class CheckResult:
 
 
 class Check(Protocol):
-    """A gate check. ``run(candidate, **thresholds) -> CheckResult``; ``defaults`` are its thresholds."""
+    """A gate check. ``run(candidate, **thresholds) -> CheckResult``; ``defaults`` are its thresholds.
+
+    Optional traits (``CheckTraits`` reads them, with these defaults; ``harness.checks.BaseCheck`` declares them):
+    ``stage`` "trained" | "static" (reads only the configuration, runs before training); ``scope`` "run" (judged
+    on each training unit's run) | "candidate" (once, on every dataset's kept numbers); ``seeds`` "each" (judged
+    per seed, then the seed rule) | "pooled" (on per-query scores averaged over seeds); ``baselines(config,
+    **thresholds)`` the stored (encoder, dataset, split) baselines it compares with, loaded and verified first.
+    """
 
     name: str
     description: str
     defaults: dict
 
     def run(self, candidate: Any, **thresholds: Any) -> CheckResult: ...
+
+
+@dataclass(frozen=True)
+class CheckTraits:
+    """A check's optional traits with their defaults, read in this one place (see ``Check``)."""
+
+    stage: Literal["trained", "static"] = "trained"
+    scope: Literal["run", "candidate"] = "run"
+    seeds: Literal["each", "pooled"] = "each"
+    baselines: Callable[..., Any] | None = None
+
+    @classmethod
+    def of(cls, check: Any) -> "CheckTraits":
+        return cls(stage=getattr(check, "stage", "trained"), scope=getattr(check, "scope", "run"),
+                   seeds=getattr(check, "seeds", "each"), baselines=getattr(check, "baselines", None))
 
 
 # -- training telemetry: written by harness.train, read by checks, reports and plots ------------------
@@ -155,6 +179,7 @@ class EpochRecord:
     d_norm: dict[str, float] = field(default_factory=dict)
     pos_sim: float = float("nan")
     neg_sim: float = float("nan")
+    pos_sim_by: str = "cos"  # what pos_sim/neg_sim measure: "dot" (raw inner products) or "cos", as the loss scores
     grad_norm: float = float("nan")
     residual: dict[str, float] | None = None
     rankme: float = float("nan")

@@ -9,6 +9,14 @@ os.environ.setdefault("HARNESS_DATA_DIR", str(ROOT.parent / "shared" / "data" / 
 os.environ.setdefault("HARNESS_CACHE_DIR", str(ROOT / ".cache"))
 
 
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """An empty embedding cache for one test (HARNESS_CACHE_DIR points at it)."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     path = Path(os.environ["HARNESS_DATA_DIR"])
@@ -60,7 +68,15 @@ def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (MPNet full evaluations)")
 
 
+# A test that uses any of these (directly or through another fixture) needs the BEIR data or a model's weights.
+NEEDS_DATA = {"data_dir", "scifact", "nfcorpus", "minilm", "mpnet", "real_texts", "real_batch", "asym_run"}
+
+
 def pytest_collection_modifyitems(config, items):
+    """Mark the data tier (`-m "not data"` is the fast tier: no BEIR data, no model) and skip slow tests."""
+    for item in items:
+        if NEEDS_DATA & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.data)
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow (tens of CPU minutes); run with --run-slow")

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from harness.plugins import get
+from harness.registry import get
 from harness.types import EpochRecord, TrainRun
 
 # the pre-protocol loop (one pooled head, every pair, in-batch negatives, the last epoch): these tests read dynamics
@@ -157,7 +157,10 @@ def epochs_with(**series):
 
 def fake(similarity="dot", losses=None, **series):
     config = {"head": "x", "encoder": "minilm", "eval": ["scifact"], "losses": losses or {"infonce_dot": {}}}
-    return candidate(config, TrainRun(config, similarity, epochs_with(**series), baseline_rankme=100.0))
+    epochs = epochs_with(**series)
+    for e in epochs:  # as the trainer records it: the similarity the loss scores pairs with
+        e.pos_sim_by = "dot" if "infonce_dot" in config["losses"] else "cos"
+    return candidate(config, TrainRun(config, similarity, epochs, baseline_rankme=100.0))
 
 
 @pytest.mark.parametrize("pos, passes", [([0.02, 1.0, 1.5, 1.99], True), ([0.02, 1.0, 1.5, 2.01], False), ([0.02, 1.0, 11, 2], False)])
@@ -204,7 +207,7 @@ def test_nonzero_residual_bounds(corr, passes):
 def test_sign_flip_test_matches_exact_enumeration():
     from itertools import product
 
-    from plugins.checks.beats_baseline import sign_flip_test
+    from harness.plugins.checks.beats_baseline import sign_flip_test
 
     d = np.array([0.3, -0.1, 0.2, 0.0, 0.25, -0.05, 0.1, 0.15])
     exact = np.mean([np.mean(np.array(s) * d) >= d.mean() - 1e-12 for s in product([-1, 1], repeat=d.size)])
@@ -238,12 +241,12 @@ def _baselines():
 
 
 def test_every_builtin_check_is_a_registered_plugin():
-    from harness.plugins import components
+    from harness.registry import components
 
     found = components("checks")
     for name in ("finite", "bounded_norms", "nonzero_residuals", "no_degradation", "no_collapse", "beats_baseline",
                  "similarity_consistency", "loss_properties", "rerank_depth", "changes_ranking"):
-        assert found[name].plugin.startswith("plugins.checks.") and isinstance(found[name].factory.defaults, dict)
+        assert found[name].plugin.startswith("harness.plugins.checks.") and isinstance(found[name].factory.defaults, dict)
         assert found[name].factory.description and found[name].summary
 
 

@@ -33,7 +33,7 @@ def test_installed_package_registers_a_head(site):
     assert out.returncode == 0, out.stderr
     heads = {row["name"]: row["plugin"] for row in json.loads(out.stdout)}
     assert heads["shared_linear"] == "sample"
-    assert heads["identity"] == "plugins.heads.identity"
+    assert heads["identity"] == "harness.plugins.heads.identity"
 
 
 def test_autoload_can_be_disabled(site):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from harness.plugins import components
+from harness.registry import components
 from harness.train import build_head, build_loss, is_trainable
 from harness.types import Head
 
@@ -29,7 +29,7 @@ def make(name, **options):
 @pytest.mark.parametrize("name", HEADS)
 def test_head_is_a_plugin_declaring_its_similarity(name):
     component = components("heads")[name]
-    assert component.plugin == f"plugins.heads.{name}"
+    assert component.plugin == f"harness.plugins.heads.{name}"
     assert issubclass(component.factory, Head)
     assert make(name).similarity in ("cos", "dot")
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from harness.plugins import components
+from harness.registry import components
 from harness.train import build_loss
 from harness.types import HeadOutput
 
@@ -28,7 +28,7 @@ def real_batch():
 def test_every_loss_is_registered_by_the_losses_plugin():
     found = components("losses")
     for name in LOSSES:
-        assert found[name].plugin == "plugins.losses"
+        assert found[name].plugin == "harness.plugins.losses"
 
 
 def test_infonce_dot_matches_hand_computed_cross_entropy():

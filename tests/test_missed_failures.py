@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-import harness.plugins as hp
+import harness.registry as hp
 from harness import hookimpl
 from harness.types import Head, HeadOutput
 

@@ -4,7 +4,7 @@ import types
 import pytest
 
 from harness import hookimpl
-from harness.plugins import PluginError, build_registry, components
+from harness.registry import PluginError, build_registry, components
 
 
 def plugin(name, **hooks):
@@ -16,15 +16,15 @@ def plugin(name, **hooks):
 
 def test_builtins_are_plugins():
     heads = components("heads")
-    assert heads["identity"].plugin == "plugins.heads.identity"
-    assert components("encoders")["mpnet"].plugin == "plugins.encoders"
+    assert heads["identity"].plugin == "harness.plugins.heads.identity"
+    assert components("encoders")["mpnet"].plugin == "harness.plugins.encoders"
 
 
 def test_duplicate_name_names_both_plugins():
     def register_heads(register):
         register("identity", object)
 
-    with pytest.raises(PluginError, match=r"head 'identity' is registered twice: by plugin 'plugins.heads.identity' and by plugin 'my_heads'"):
+    with pytest.raises(PluginError, match=r"head 'identity' is registered twice: by plugin 'harness.plugins.heads.identity' and by plugin 'my_heads'"):
         build_registry((plugin("my_heads", register_heads=register_heads),)).components("heads")
 
 

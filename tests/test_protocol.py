@@ -111,10 +111,11 @@ def test_generalizes_splits_queries_by_seen_documents_and_fails_a_memorising_hea
     gains only on the former and loses on the latter fails; one that holds level on the latter passes."""
     from types import SimpleNamespace
 
+    from harness.plugins.checks.generalizes import seen_split
+
     from harness import sources
-    from harness.plugins import get
+    from harness.registry import get
     from harness.types import EpochRecord, TrainRun
-    from plugins.checks.generalizes import seen_split
 
     test, train = (sources.qrels("scifact", str(data_dir), s) for s in ("test", "train"))
     seen, unseen = seen_split(test, train)

@@ -7,6 +7,8 @@ import pytest
 
 from harness.evaluate import evaluate
 
+pytestmark = pytest.mark.data  # real encoders on the real BEIR data
+
 PUBLISHED = {
     ("minilm", "scifact"): 0.6451,
     ("minilm", "nfcorpus"): 0.3159,

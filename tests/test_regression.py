@@ -6,8 +6,8 @@ import pytest
 
 from harness.accept import accept
 from harness.gate import BaselineStore
-from harness.runner import SeededGate
 from harness.regression import candidate_path, load
+from harness.runner import SeededGate
 from harness.suite import load_suite
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent

@@ -59,12 +59,15 @@ exec(FAKE_ENCODER, _ns)
 FakeEncoder = _ns["FakeEncoder"]
 
 
+FIRST_DOCS = Path(__file__).parent / "fixtures" / "scifact-first-30-docs.jsonl"
+
+
 def make_tiny(folder: Path, n_docs: int = 30, n_queries: int = 5) -> BeirDataset:
-    """A tiny BEIR folder with real SciFact texts (the first documents and queries judged on them)."""
-    data_dir = Path(os.environ["HARNESS_DATA_DIR"]) / "scifact"
+    """A tiny BEIR folder with real SciFact texts (its first 30 documents, kept in tests/fixtures so this needs
+    no data folder) and queries judged on them."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "qrels").mkdir(exist_ok=True)
-    with open(data_dir / "corpus.jsonl") as fh:
+    with open(FIRST_DOCS) as fh:
         docs = [json.loads(next(fh)) for _ in range(n_docs)]
     with open(folder / "corpus.jsonl", "w") as out:
         for d in docs:
@@ -77,13 +80,6 @@ def make_tiny(folder: Path, n_docs: int = 30, n_queries: int = 5) -> BeirDataset
         for i in range(n_queries):
             out.write(f"q{i}\t{docs[i]['_id']}\t1\n")
     return BeirDataset(folder.name, folder)
-
-
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("HARNESS_CACHE_DIR", str(root))
-    return root
 
 
 @pytest.fixture
@@ -355,7 +351,7 @@ def fake_plugin():
 
 @pytest.fixture
 def fake_registry(monkeypatch):
-    import harness.plugins as hp
+    import harness.registry as hp
 
     monkeypatch.setattr(hp, "_registry", hp.build_registry((fake_plugin(),)))
 

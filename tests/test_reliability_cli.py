@@ -12,24 +12,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_reliability_cache import FakeEncoder, fake_plugin, make_tiny  # noqa: F401  (shared test helpers)
 
 from harness.cli import main
-from test_reliability_cache import FakeEncoder, fake_plugin, make_tiny  # noqa: F401  (shared test helpers)
 
 ROOT = Path(__file__).resolve().parent.parent
 STORED = ROOT / "baselines" / "minilm" / "scifact-test.json"
 
 
 @pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    root = tmp_path / "cache"
-    monkeypatch.setenv("HARNESS_CACHE_DIR", str(root))
-    return root
-
-
-@pytest.fixture
 def fake_registry(monkeypatch):
-    import harness.plugins as hp
+    import harness.registry as hp
 
     monkeypatch.setattr(hp, "_registry", hp.build_registry((fake_plugin(),)))
 
@@ -343,7 +336,7 @@ def _ctx():
     ],
 )
 def test_bad_thresholds_name_file_and_key(check, name, value, problem):
-    from harness.plugins import components
+    from harness.registry import components
     from harness.suite import SuiteError, _check_thresholds
 
     with pytest.raises(SuiteError) as info:
@@ -352,7 +345,7 @@ def test_bad_thresholds_name_file_and_key(check, name, value, problem):
 
 
 def test_good_thresholds_pass():
-    from harness.plugins import components
+    from harness.registry import components
     from harness.suite import _check_thresholds
 
     checks = components("checks")
@@ -391,7 +384,7 @@ def test_sigterm_during_eval_exits_143(tmp_path, cache_dir):
     script = tmp_path / "eval.py"
     script.write_text(__import__("test_reliability_cache").FAKE_ENCODER + textwrap.dedent(f"""
         import sys, types
-        import harness.plugins as hp
+        import harness.registry as hp
         from harness import hookimpl
         class Slow(FakeEncoder):
             def encode(self, texts, **kw):

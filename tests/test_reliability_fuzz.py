@@ -153,7 +153,7 @@ def mostly(valid, other, one_in: int = 5):
 
 
 def _structured():
-    from harness.plugins import components
+    from harness.registry import components
     from harness.suite import CANDIDATE_KEYS, SUITE_KEYS, TRAIN_KEYS
 
     checks = components("checks")

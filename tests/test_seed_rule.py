@@ -3,7 +3,7 @@ seed, non-strict expectations are caught on any; beats_baseline pooled over seed
 from types import SimpleNamespace
 
 from harness.gate import Outcome
-from harness.plugins import get
+from harness.registry import get
 from harness.runner import _seed_rule, pooled_run
 from harness.types import CheckResult, EpochRecord, TrainRun
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from plugins.checks import _stats
-from plugins.checks._stats import holm, mde, paired, sign_flip_test, trend
+from harness.plugins.checks import _stats
+from harness.plugins.checks._stats import holm, mde, paired, sign_flip_test, trend
 
 BASELINES = Path(__file__).resolve().parent.parent / "baselines"
 
@@ -26,7 +25,7 @@ def real_pairs():
 
 
 def test_sign_flip_test_is_exported_by_beats_baseline_and_matches_exact_enumeration():
-    from plugins.checks.beats_baseline import sign_flip_test as exported
+    from harness.plugins.checks.beats_baseline import sign_flip_test as exported
 
     assert exported is sign_flip_test
     d = np.array([0.3, -0.1, 0.2, 0.0, 0.25, -0.05, 0.1, 0.15, -0.2, 0.05])

@@ -79,7 +79,7 @@ def test_telemetry_json_and_checkpoint_round_trip(asym_run):
     assert without_timing(load_run(out / "telemetry.json")) == without_timing(run)
     assert without_timing(run_from_dict(run_to_dict(run))) == without_timing(run)
     # the checkpoint is the selected epoch (select = "last" here): re-scoring it reproduces that epoch's NDCG@10
-    from harness.train import load_eval, evaluate_head
+    from harness.train import evaluate_head, load_eval
 
     head = load_head(out / "head.safetensors")
     sets = load_eval(TrainConfig(**{**SMALL, "eval": ["scifact"]}), torch.Generator().manual_seed(0))
@@ -88,6 +88,7 @@ def test_telemetry_json_and_checkpoint_round_trip(asym_run):
     assert (out / "head_last.safetensors").is_file()
 
 
+@pytest.mark.data
 def test_a_frozen_head_records_only_epoch_zero_equal_to_the_baseline():
     run = train(TrainConfig(head="identity", epochs=3, **SMALL), progress=False)
     assert len(run.epochs) == 1
@@ -97,6 +98,7 @@ def test_a_frozen_head_records_only_epoch_zero_equal_to_the_baseline():
     assert e.rankme == pytest.approx(run.baseline_rankme)
 
 
+@pytest.mark.data
 def test_residual_head_reports_alpha_delta_and_correction():
     run = train(TrainConfig(head="respred", epochs=1, **SMALL), progress=False)
     assert run.config["losses"] == {"isotropy": {"weight": 1.5}, "predictive": {"weight": 1.2}, "residual_l2": {"weight": 0.01}}
@@ -123,6 +125,7 @@ def test_max_grad_norm_clips_every_step(asym_run):
         TrainConfig.from_dict({"head": "asymmetric", "max_grad_norm": 0})
 
 
+@pytest.mark.data
 def test_projected_residual_head_reports_the_correction_relative_to_the_projected_query():
     """respred with projection=True: ||alpha*delta|| / ||z_q|| (the projected query it is added to), not / ||q||."""
     head_options = {"projection": True, "hidden": "2x", "dropout": 0.1, "score_with": "projection", "similarity": "dot"}
@@ -144,6 +147,7 @@ def test_projected_residual_head_reports_the_correction_relative_to_the_projecte
     assert r0["correction_rel"] > 1.5 * (corr / queries.norm(dim=-1).mean()).item()
 
 
+@pytest.mark.data
 def test_pretraining_stage_comes_first_and_starts_from_the_frozen_encoder():
     config = TrainConfig.from_dict({**SMALL, "head": "barlow", "losses": {"infonce_cos": 1.0},
                                     "pretrain": {"losses": {"barlow": {"weight": 1.0, "lambd": 0.005}}, "epochs": 1}, "epochs": 1})
@@ -167,6 +171,7 @@ def test_config_errors_name_the_key_and_the_choices():
     assert TrainConfig.from_dict({"head": "x", "train": "scifact, nfcorpus"}).train == ["scifact", "nfcorpus"]
 
 
+@pytest.mark.data
 def test_cli_trains_prints_the_epoch_table_and_writes_files(tmp_path, capsys):
     from harness.cli import main
 

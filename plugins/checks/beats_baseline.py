@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 from harness import hookimpl
-from plugins.checks import BaseCheck, fmt, need_run
-from plugins.checks._stats import holm, mde, paired, sign_flip_test  # noqa: F401  (sign_flip_test re-exported)
+from harness.checks import BaseCheck, fmt, need_run
+
+from ._stats import holm, mde, paired, sign_flip_test  # noqa: F401  (sign_flip_test re-exported)
 
 __all__ = ["BeatsBaseline", "sign_flip_test", "holm", "mde", "judged_epoch"]
 

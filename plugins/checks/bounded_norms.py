@@ -7,24 +7,11 @@ still caught (e.g. a single learnable scale under raw-dot InfoNCE: norms 1.0 -> 
 from __future__ import annotations
 
 from harness import hookimpl
-from plugins.checks import BaseCheck, fmt, is_finite, need_run
-from plugins.checks._stats import trend as fit_trend
+from harness.checks import BaseCheck, fmt, is_finite, need_run
+
+from ._stats import trend as fit_trend
 
 TRENDS = ("linear", "log-linear")
-
-
-def loss_similarity(config: dict) -> str:
-    """The similarity telemetry's pos/neg similarity is measured with: the first contrastive loss's
-    (as ``harness.train`` does), cosine when no configured loss scores pairs."""
-    from harness.plugins import get
-
-    stages = [((config.get("pretrain") or {}).get("losses") or {}), config.get("losses") or {}]
-    for stage in stages:
-        for name in stage:
-            factory = get("losses", name).factory
-            if hasattr(factory, "scores"):
-                return getattr(factory, "similarity", "cos")
-    return "cos"
 
 
 class BoundedNorms(BaseCheck):
@@ -58,9 +45,10 @@ class BoundedNorms(BaseCheck):
             raise ValueError(f"bounded_norms: threshold trend must be one of {', '.join(repr(t) for t in TRENDS)}, got {trend!r}")
         run = need_run(self, candidate)
         epochs = run.epochs
-        sim = loss_similarity(run.config)
-        gate_norms = run.similarity == "dot" or gate_norms_of_cos_heads
         nums = [e.epoch for e in epochs]
+        # raw-dot positive similarity is gated; a cosine is bounded anyway (as the trainer measured it, per epoch)
+        sim = epochs[nums.index(ref_epoch)].pos_sim_by if ref_epoch in nums else epochs[-1].pos_sim_by
+        gate_norms = run.similarity == "dot" or gate_norms_of_cos_heads
         series = {
             "query norm": [e.q_norm.get("mean", float("nan")) for e in epochs],
             "document norm": [e.d_norm.get("mean", float("nan")) for e in epochs],

@@ -12,9 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from harness import hookimpl
-from plugins.checks import BaseCheck, fmt, is_finite, need_run
-from plugins.checks._stats import mde, paired
-from plugins.checks.beats_baseline import judged_epoch
+from harness.checks import BaseCheck, fmt, is_finite, need_run
+from harness.registry import get
+
+from ._stats import mde, paired
+from .beats_baseline import judged_epoch
 
 
 def _trainable_head(config: dict) -> bool:
@@ -22,7 +24,6 @@ def _trainable_head(config: dict) -> bool:
     if head == "identity":
         return False
     try:
-        from harness.plugins import get
 
         factory = get("heads", head).factory  # type: ignore[arg-type]  # no head: get() raises, caught below
     except Exception:  # an unknown or unloadable head: let the telemetry speak

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from harness import hookimpl
-from plugins.checks import BaseCheck, fmt, need_run
+from harness.checks import BaseCheck, fmt, need_run
 
 
 def _numbers(record) -> dict[str, float]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import hookimpl
-from plugins.checks import BaseCheck, need_run
-from plugins.checks._stats import mde, sign_flip_test
+from harness import hookimpl, sources
+from harness.checks import BaseCheck, need_run
+
+from ._stats import mde, sign_flip_test
 
 
 def seen_split(test_qrels: dict, train_qrels: dict) -> tuple[set[str], set[str]]:
@@ -37,7 +38,6 @@ class Generalizes(BaseCheck):
     fix = "hold out documents as well as queries when selecting, add regularisation (weight decay, fewer epochs), or a head with fewer parameters"
 
     def run(self, candidate, alpha=0.05, min_queries=30, permutations=10000, seed=0):
-        from harness import sources
 
         run = need_run(self, candidate)
         rec = run.selected_epoch

@@ -3,8 +3,11 @@ hypothesis before any training; raw-dot InfoNCE fails it, cosine InfoNCE passes)
 from __future__ import annotations
 
 from harness import hookimpl
-from plugins.checks import BaseCheck, fmt
-from plugins.checks.similarity_consistency import candidate_losses
+from harness.checks import BaseCheck, fmt
+from harness.components import build_loss
+from harness.types import HeadOutput
+
+from .similarity_consistency import candidate_losses
 
 
 def batches():
@@ -29,7 +32,6 @@ def outputs(example):
     import torch
     import torch.nn.functional as F
 
-    from harness.types import HeadOutput
 
     rows, noise, level, scale, side = example
     x = torch.tensor(rows, dtype=torch.float64)
@@ -59,7 +61,6 @@ class LossProperties(BaseCheck):
         from hypothesis import HealthCheck, Phase, find, settings
         from hypothesis.errors import NoSuchExample
 
-        from harness.train import build_loss
 
         specs = {n: s for n, s in candidate_losses(candidate.config).items() if float(s.get("weight", 1.0)) != 0}
         if not specs:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from harness import hookimpl
-from plugins.checks import BaseCheck, fmt, is_finite, need_run
+from harness.checks import BaseCheck, fmt, is_finite, need_run
 
 
 class NoCollapse(BaseCheck):

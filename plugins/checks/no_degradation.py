@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from harness import hookimpl
-from plugins.checks import BaseCheck, fmt, mean, need_run
+from harness.checks import BaseCheck, fmt, mean, need_run
 
 
 class NoDegradation(BaseCheck):

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import hookimpl
-from plugins.checks import BaseCheck, need_run
-from plugins.checks._stats import holm, sign_flip_test
+from harness import hookimpl, sources
+from harness.baselines import BaselineError
+from harness.checks import BaseCheck, need_run
+
+from ._stats import holm, sign_flip_test
 
 
 class NoRegression(BaseCheck):
@@ -24,7 +26,6 @@ class NoRegression(BaseCheck):
            "with `harness run SUITE --candidate C --regenerate` (or `harness baselines update --suite SUITE --candidate C`)")
 
     def run(self, candidate, margin=0.01, alpha=0.05, permutations=10000, seed=0, worst=3):
-        from harness.baselines import BaselineError
         from harness.regression import (
             candidate_path,
             changed_fields,
@@ -119,7 +120,6 @@ class NoRegression(BaseCheck):
 
 
 def _data_provenance(candidate, datasets: list[str]) -> tuple[str, dict]:
-    from harness import sources
 
     config = candidate.config
     split = config.get("eval_split", "test")

@@ -3,7 +3,7 @@ collapse over training, and actually changes rankings (seed 004)."""
 from __future__ import annotations
 
 from harness import hookimpl
-from plugins.checks import BaseCheck, fmt, is_finite, need_run
+from harness.checks import BaseCheck, fmt, is_finite, need_run
 
 
 class NonzeroResiduals(BaseCheck):

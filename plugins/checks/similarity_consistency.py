@@ -4,7 +4,10 @@ from __future__ import annotations
 import torch
 
 from harness import hookimpl
-from plugins.checks import BaseCheck
+from harness.checks import BaseCheck
+from harness.components import build_head, build_loss
+from harness.retrieval import similarity_matrix
+from harness.types import HeadOutput
 
 
 def candidate_losses(config: dict) -> dict[str, dict]:
@@ -18,7 +21,6 @@ def candidate_losses(config: dict) -> dict[str, dict]:
 
 def head_similarity(config: dict, dim: int = 32) -> str:
     """The similarity the candidate's head retrieves with, from the head itself (built, never trained)."""
-    from harness.train import build_head
 
     return build_head(config["head"], dim, config.get("head_options") or {}).similarity
 
@@ -35,9 +37,6 @@ class SimilarityConsistency(BaseCheck):
     fix = "train with the similarity you retrieve with: head similarity cos with infonce_cos, or dot with infonce_dot (and see bounded_norms)"
 
     def run(self, candidate, min_agreement=0.99, probe_rows=256, probe_dim=32, seed=0):
-        from harness.retrieval import similarity_matrix
-        from harness.train import build_loss
-        from harness.types import HeadOutput
 
         config = candidate.config
         losses = {n: build_loss(n, spec) for n, spec in candidate_losses(config).items()}

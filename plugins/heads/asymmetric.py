@@ -6,7 +6,8 @@ from torch import nn
 
 from harness import hookimpl
 from harness.types import SIMILARITIES, Head, Similarity
-from plugins.heads._layers import check_dropout, hidden_width
+
+from ._layers import check_dropout, hidden_width
 
 
 def projection(dim: int, out_dim: int, hidden: int | None, init: str, dropout: float = 0.0) -> nn.Module:

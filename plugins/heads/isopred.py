@@ -5,7 +5,8 @@ import torch
 
 from harness import hookimpl
 from harness.types import Head, HeadOutput, Similarity
-from plugins.heads._layers import check_dropout, check_scoring, hidden_width, mlp
+
+from ._layers import check_dropout, check_scoring, hidden_width, mlp
 
 
 class IsoPred(Head):

@@ -6,7 +6,8 @@ from torch import nn
 
 from harness import hookimpl
 from harness.types import Head, HeadOutput, Similarity
-from plugins.heads._layers import check_dropout, check_scoring, hidden_width, mlp
+
+from ._layers import check_dropout, check_scoring, hidden_width, mlp
 
 
 class ResPred(Head):

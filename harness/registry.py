@@ -1,7 +1,8 @@
 """Plugin loading and the component registry.
 
-Built-in components live in the top-level ``plugins`` package and are loaded exactly like
-third-party ones: each module implements hooks from ``harness.hookspecs``. Installed packages
+Built-in components live in the repository's top-level ``plugins/`` folder, installed as the package
+``harness.plugins`` (no top-level ``plugins`` is installed), and are loaded exactly like third-party ones:
+each module implements hooks from ``harness.hookspecs``. Installed packages
 contribute plugins through the ``retrieval_harness`` entry-point group::
 
     [project.entry-points.retrieval_harness]
@@ -23,31 +24,32 @@ import pluggy
 
 from harness import hookspecs
 
-ENTRY_POINT_GROUP = "retrieval_harness"
+PROJECT = "retrieval_harness"  # the distribution's name: hook marker and entry-point group alike
+ENTRY_POINT_GROUP = PROJECT
 LOAD_ENV = "HARNESS_LOAD_PLUGINS"
 KINDS = ("encoders", "datasets", "heads", "losses", "checks")
 DEFAULT_PLUGINS = (
-    "plugins.encoders",
-    "plugins.datasets",
-    "plugins.heads.identity",
-    "plugins.heads.asymmetric",
-    "plugins.heads.respred",
-    "plugins.heads.isopred",
-    "plugins.heads.barlow",
-    "plugins.heads.adapter",
-    "plugins.losses",
-    "plugins.checks.finite",
-    "plugins.checks.bounded_norms",
-    "plugins.checks.nonzero_residuals",
-    "plugins.checks.no_degradation",
-    "plugins.checks.no_collapse",
-    "plugins.checks.beats_baseline",
-    "plugins.checks.similarity_consistency",
-    "plugins.checks.loss_properties",
-    "plugins.checks.rerank_depth",
-    "plugins.checks.changes_ranking",
-    "plugins.checks.no_regression",
-    "plugins.checks.generalizes",
+    "harness.plugins.encoders",
+    "harness.plugins.datasets",
+    "harness.plugins.heads.identity",
+    "harness.plugins.heads.asymmetric",
+    "harness.plugins.heads.respred",
+    "harness.plugins.heads.isopred",
+    "harness.plugins.heads.barlow",
+    "harness.plugins.heads.adapter",
+    "harness.plugins.losses",
+    "harness.plugins.checks.finite",
+    "harness.plugins.checks.bounded_norms",
+    "harness.plugins.checks.nonzero_residuals",
+    "harness.plugins.checks.no_degradation",
+    "harness.plugins.checks.no_collapse",
+    "harness.plugins.checks.beats_baseline",
+    "harness.plugins.checks.similarity_consistency",
+    "harness.plugins.checks.loss_properties",
+    "harness.plugins.checks.rerank_depth",
+    "harness.plugins.checks.changes_ranking",
+    "harness.plugins.checks.no_regression",
+    "harness.plugins.checks.generalizes",
 )
 
 
@@ -166,10 +168,10 @@ def _check_pending(pm: pluggy.PluginManager) -> None:
 
 def build_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:
     """A fresh plugin manager with built-ins, selected entry points and ``extra_plugins``."""
-    pm = pluggy.PluginManager("harness")
+    pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
     for module_name in DEFAULT_PLUGINS:
-        _register(pm, importlib.import_module(module_name), module_name, "built-in")
+        _register(pm, _builtin(module_name), module_name, "built-in")
     for ep in _selected_entry_points():
         origin = f"entry point {ep.name!r} of {ep.dist.name if ep.dist else 'an unknown distribution'}"
         try:
@@ -181,6 +183,16 @@ def build_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:
         _register(pm, plugin, getattr(plugin, "__name__", repr(plugin)), "passed in")
     _check_pending(pm)
     return Registry(pm)
+
+
+def _builtin(module_name: str):
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("harness.plugins", module_name):
+            raise
+        raise PluginError(f"built-in plugin {module_name!r} is not importable: the repository's plugins/ folder is installed as "
+                          "harness.plugins; install the harness (`pip install -e .` in a checkout)") from exc
 
 
 _registry: Registry | None = None
