@@ -29,7 +29,7 @@ from harness import sources
 from harness import telemetry as tm
 from harness.components import build_head, build_loss, check_components, is_trainable
 from harness.config import TrainConfig, normalize_losses
-from harness.files import write_atomic
+from harness.files import warn, write_atomic
 from harness.measure import (  # noqa: F401
     attach_reference,
     combine,
@@ -113,6 +113,7 @@ class _Trial:
     stopped: dict | None = None
     early_stopped: bool = False
     losses: dict = field(default_factory=dict)
+    states: dict[int, tuple[dict, dict]] = field(default_factory=dict)  # lean trials: epoch -> (loss stage, weights)
 
 
 def _mean(d: dict[str, float]) -> float:
@@ -142,12 +143,25 @@ def train_unit(config: TrainConfig, unit: Unit, out_dir: Path | None = None, pro
     attach_reference(sets, config.encoder, base)
     clock["evaluate"] += time.perf_counter() - t0
 
-    trials = [_trial(config, unit, lr, tset, devs, sets, dim, device, progress, on_epoch, clock) for lr in config.lrs]
-    if config.select == "dev" or (devs and len(trials) > 1):
-        key = (lambda t: t.best_dev) if config.select == "dev" else (lambda t: _mean(t.epochs[-1].dev_ndcg10))
-        chosen = max(trials, key=key)  # the first of equals: the grid's order breaks ties
-    else:
-        chosen = trials[0]
+    # With an lr grid, each trial records only dev NDCG@10 (what selection reads) and keeps its weights per
+    # epoch; the chosen trial's full telemetry is then measured from those weights, with the same numbers an
+    # in-line measurement gives (evaluation draws no random numbers), at a third of the cost of measuring all.
+    lean = len(config.lrs) > 1
+    key = (lambda t: t.best_dev) if config.select == "dev" else (lambda t: _mean(t.epochs[-1].dev_ndcg10))
+    trials: list[_Trial] = []
+    chosen: _Trial | None = None
+    for lr in config.lrs:
+        trial = _trial(config, unit, lr, tset, devs, sets, dim, device, progress, on_epoch, clock, full=not lean)
+        trials.append(trial)
+        if chosen is None or ((config.select == "dev" or devs) and key(trial) > key(chosen)):  # ties: the grid's order
+            if chosen is not None:
+                chosen.states = {}
+            chosen = trial
+        else:
+            trial.states = {}
+    assert chosen is not None
+    if lean:
+        _complete(config, unit, chosen, tset, devs, sets, dim, device, on_epoch, clock)
     selected = chosen.best_epoch if config.select == "dev" else chosen.epochs[-1].epoch
     unit_config = {**config.to_dict(), "train": list(unit.train), "eval": list(unit.eval), "lr": chosen.lr,
                    "losses": chosen.losses}  # the head's default_losses when none were configured
@@ -189,8 +203,8 @@ def _nonfinite(values: dict[str, float]) -> tuple[str, float] | None:
     return None
 
 
-def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: int, device: torch.device, progress: bool,
-           on_epoch, clock: dict[str, float]) -> _Trial:
+def _setup(config: TrainConfig, lr: float, dim: int, device: torch.device, tset):
+    """A trial's head, losses, loss stages, generator and probe pairs: the same on every call with one seed."""
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     head = build_head(config.head, dim, config.head_options).to(device)
@@ -213,28 +227,67 @@ def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: in
                           f"training and evaluation disagree (seed 002, lesson 3)", stacklevel=2)
 
     probe_idx = torch.randperm(len(tset), generator=gen)[: config.probe_pairs]
+    return head, trainable, loss_specs, stages, losses, gen, probe_idx
+
+
+def _measure(head, trainable: bool, losses, stage: dict[str, dict], probe_idx, config: TrainConfig, tset, sets, devs,
+             device: torch.device, epoch: int, steps: list[dict], trace: dict[str, list[float]]) -> EpochRecord:
+    """An epoch's full telemetry: the probe, the evaluation datasets and the dev split."""
+    p = probe(head, tset, probe_idx, losses, stage, config.batch_size, device, with_grad=trainable)
+    ev = evaluate_head(head, sets, device)
+    return EpochRecord(
+        epoch=epoch, loss=p["loss"], q_norm=p["q_norm"], d_norm=p["d_norm"], pos_sim=p["pos_sim"], neg_sim=p["neg_sim"],
+        pos_sim_by=p["pos_sim_by"],
+        grad_norm=p["grad_norm"], residual=p["residual"], rankme=ev["rankme"], alignment=ev["alignment"],
+        uniformity=ev["uniformity"], ndcg10=ev["ndcg10"], per_query_ndcg10=ev["per_query_ndcg10"],
+        top10_overlap=ev["top10_overlap"], rerank_ndcg10=ev["rerank_ndcg10"], dev_ndcg10=dev_ndcg10(head, devs, device),
+        steps=steps, trace=trace,
+    )
+
+
+def _complete(config: TrainConfig, unit: Unit, trial: _Trial, tset, devs, sets, dim: int, device: torch.device,
+              on_epoch, clock: dict[str, float]) -> None:
+    """Replace a lean trial's dev-only records with full telemetry measured from its kept weights."""
+    t0 = time.perf_counter()
+    head, trainable, _, _, losses, _, probe_idx = _setup(config, trial.lr, dim, device, tset)
+    for i, lean in enumerate(trial.epochs):
+        if lean.epoch not in trial.states:  # the partial epoch a non-finite step stopped: its trace is all there is
+            continue
+        stage, state = trial.states[lean.epoch]
+        head.load_state_dict(state)
+        rec = _measure(head, trainable, losses, stage, probe_idx, config, tset, sets, devs, device, lean.epoch, lean.steps, lean.trace)
+        if rec.dev_ndcg10 != lean.dev_ndcg10:  # selection read the trial's own numbers; say that these differ
+            warn(f"unit {unit.name!r}: dev NDCG@10 of epoch {lean.epoch} measured again from its weights differs "
+                 f"({rec.dev_ndcg10} vs {lean.dev_ndcg10}): evaluation is not deterministic on {device}")
+        rec.seconds = lean.seconds
+        trial.epochs[i] = rec
+        if on_epoch:
+            on_epoch(unit.name, rec)
+    trial.states = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    clock["evaluate"] += time.perf_counter() - t0
+
+
+def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: int, device: torch.device, progress: bool,
+           on_epoch, clock: dict[str, float], full: bool = True) -> _Trial:
+    """One learning rate's training. ``full``: every epoch's full telemetry; else dev NDCG@10 and the weights
+    per epoch (``_complete`` measures the rest if the trial is chosen)."""
+    head, trainable, loss_specs, stages, losses, gen, probe_idx = _setup(config, lr, dim, device, tset)
     params = [p for p in head.parameters() if p.requires_grad]
+    states: dict[int, tuple[dict, dict]] = {}
 
     def record(epoch: int, stage: dict[str, dict], steps: list[dict], trace: dict[str, list[float]]) -> EpochRecord:
         t0 = time.perf_counter()
-        rec = _record(epoch, stage, steps, trace)
+        if full:
+            rec = _measure(head, trainable, losses, stage, probe_idx, config, tset, sets, devs, device, epoch, steps, trace)
+        else:
+            rec = EpochRecord(epoch=epoch, dev_ndcg10=dev_ndcg10(head, devs, device), steps=steps, trace=trace)
+            states[epoch] = (stage, snapshot())
         if device.type == "cuda":
             torch.cuda.synchronize()
         clock["evaluate"] += time.perf_counter() - t0
-        return rec
-
-    def _record(epoch: int, stage: dict[str, dict], steps: list[dict], trace: dict[str, list[float]]) -> EpochRecord:
-        p = probe(head, tset, probe_idx, losses, stage, config.batch_size, device, with_grad=trainable)
-        ev = evaluate_head(head, sets, device)
-        rec = EpochRecord(
-            epoch=epoch, loss=p["loss"], q_norm=p["q_norm"], d_norm=p["d_norm"], pos_sim=p["pos_sim"], neg_sim=p["neg_sim"],
-            pos_sim_by=p["pos_sim_by"],
-            grad_norm=p["grad_norm"], residual=p["residual"], rankme=ev["rankme"], alignment=ev["alignment"],
-            uniformity=ev["uniformity"], ndcg10=ev["ndcg10"], per_query_ndcg10=ev["per_query_ndcg10"],
-            top10_overlap=ev["top10_overlap"], rerank_ndcg10=ev["rerank_ndcg10"], dev_ndcg10=dev_ndcg10(head, devs, device),
-            steps=steps, trace=trace,
-        )
-        if on_epoch:
+        if on_epoch and full:
             on_epoch(unit.name, rec)
         return rec
 
@@ -311,7 +364,7 @@ def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: in
                     and epoch - max(best_epoch, _stage_start(stages, stage_name)) >= config.patience):
                 early = True
                 break
-    return _Trial(lr, epochs, best_epoch, best_dev, best_state, snapshot(), head.similarity, stopped, early, loss_specs)
+    return _Trial(lr, epochs, best_epoch, best_dev, best_state, snapshot(), head.similarity, stopped, early, loss_specs, states)
 
 
 def _stage_start(stages, name: str) -> int:

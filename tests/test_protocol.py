@@ -106,6 +106,30 @@ def test_selection_reads_dev_never_test(data_dir):
     assert last.selected == 4
 
 
+@pytest.mark.parametrize("head, losses", [("adapter", None), ("respred", {"predictive": {"weight": 1.0}, "isotropy": {"weight": 0.5}})])
+def test_an_lr_grid_keeps_the_chosen_trial_s_telemetry_exactly_as_a_single_lr_run_records_it(data_dir, head, losses):
+    """With a grid, trials record dev NDCG@10 only and the chosen one's telemetry is measured afterwards from its
+    kept weights: every number must equal what training that learning rate alone records epoch by epoch
+    (respred: dropout, so the random stream must be untouched by the deferred measurement)."""
+    from harness.telemetry import run_to_dict
+    from harness.train import train
+
+    base = dict(head=head, train=["scifact"], eval=["scifact"], data_dir=str(data_dir), epochs=3, patience=0, batch_size=32,
+                probe_pairs=128, samples_per_epoch=2, **({"losses": losses} if losses else {}))
+    grid = train(TrainConfig(**base, lr_grid=[3e-4, 3e-3]), progress=False).units["scifact"]
+    alone = train(TrainConfig(**base, lr=grid.protocol["lr"], lr_grid=[]), progress=False).units["scifact"]
+
+    def numbers(run):
+        d = run_to_dict(run)
+        for e in d["epochs"]:
+            e.pop("seconds", None)
+        return d["epochs"], d["selected"]
+
+    assert numbers(grid) == numbers(alone)
+    assert [t["lr"] for t in grid.protocol["trials"]] == [3e-4, 3e-3]
+    assert all(len(t["dev_ndcg10"]) == 4 for t in grid.protocol["trials"])  # every trial's dev curve is kept
+
+
 def test_generalizes_splits_queries_by_seen_documents_and_fails_a_memorising_head(data_dir):
     """SciFact: 196 test queries have a relevant document that was a training positive, 104 do not. A head that
     gains only on the former and loses on the latter fails; one that holds level on the latter passes."""
