@@ -33,16 +33,18 @@ class BaseCheck:
         raise NotImplementedError
 
     # -- results -----------------------------------------------------------------------------------
-    def passed(self, summary: str, measured: Any = None, bound: Any = None, epoch: int | None = None, **details) -> CheckResult:
-        return CheckResult(self.name, True, measured, bound, epoch, f"{self.name} passed: {summary}.", details=details)
+    def passed(self, summary: str, measured: Any = None, bound: Any = None, epoch: int | None = None, headline: str = "",
+               **details) -> CheckResult:
+        return CheckResult(self.name, True, measured, bound, epoch, f"{self.name} passed: {summary}.", details=details,
+                           headline=headline)
 
     def failed(self, what: str, measured: Any, bound: Any, epoch: int | None = None, cause: str | None = None,
-               fix: str | None = None, **details) -> CheckResult:
+               fix: str | None = None, headline: str = "", **details) -> CheckResult:
         cause = cause or self.cause
         fix = fix or self.fix
         at = f" at epoch {epoch}" if epoch is not None else ""
         message = f"{self.name} FAILED{at}: {what}. Likely cause: {cause}. Fix: {fix}."
-        return CheckResult(self.name, False, measured, bound, epoch, message, cause, fix, details)
+        return CheckResult(self.name, False, measured, bound, epoch, message, cause, fix, details, headline)
 
     def not_applicable(self, why: str, **details) -> CheckResult:
         return CheckResult(self.name, True, None, None, None, f"{self.name} not applicable: {why}.",

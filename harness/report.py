@@ -109,6 +109,7 @@ def to_dict(report) -> dict:
                 "passed": None if r is None else r.passed, "measured": None if r is None else r.measured,
                 "bound": None if r is None else r.bound, "epoch": None if r is None else r.epoch,
                 "cause": "" if r is None else r.cause, "fix": "" if r is None else r.fix,
+                "headline": "" if r is None else r.headline,
                 "details": {} if r is None else r.details, "expected_reason": o.expected_reason, "error": o.error,
                 "note": getattr(o, "note", ""),
                 "per_seed": {str(sd): {"outcome": x.outcome, "measured": None if x.result is None else x.result.measured,
@@ -218,11 +219,7 @@ def markdown(report, plots: dict[str, str] | None = None) -> str:
             means.append(e["mean"])
         m = sum(means) / len(means) if means else float("nan")
         bb = c.outcomes.get("beats_baseline")
-        if bb is not None and bb.result is not None and "datasets" in bb.result.details:
-            avg = bb.result.details["datasets"]["average"]
-            beat = f"{'yes' if avg['beats'] else 'no'} (diff {avg['diff']:+.4f}, p={avg['p']:.3g})"
-        else:
-            beat = "—"
+        beat = (bb.result.headline if bb is not None and bb.result is not None else "") or "—"  # the check's own words
         lines.append(f"| `{c.name}` | " + " | ".join(cells) + f" | {m:.4f} | {beat} |")
     lines.append("")
     lines += ["### How each head was trained", ""]

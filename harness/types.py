@@ -123,6 +123,7 @@ class CheckResult:
     cause: str = ""
     fix: str = ""
     details: dict = field(default_factory=dict)
+    headline: str = ""  # a few words for a report's table, the check's own (e.g. "yes (diff +0.0779, p=0.0001)")
 
 
 class Check(Protocol):

@@ -144,8 +144,10 @@ class BeatsBaseline(BaseCheck):
             summary += ("; per-query scores averaged over seeds " + ", ".join(map(str, seed_gains)) + ", mean gain per seed "
                         + ", ".join(f"{g:+.4f}" for g in seed_gains.values()))
         epoch_note = f"judged at {which}"
+        headline = f"{'yes' if passed else 'no'} (diff {diff:+.4f}, p={p:.3g})"
         if passed:
-            return self.passed(f"{summary}; {epoch_note}; {mde_note}", {n: per[n]["diff"] for n in per}, bound, rec.epoch, **details)
+            return self.passed(f"{summary}; {epoch_note}; {mde_note}", {n: per[n]["diff"] for n in per}, bound, rec.epoch,
+                               headline=headline, **details)
         reasons = []
         if not superior:
             avg_mde = per["average"]["mde"]
@@ -169,7 +171,7 @@ class BeatsBaseline(BaseCheck):
             cause = f"the head ranks exactly like the frozen {enc} encoder (it is that encoder, or a head that does nothing)"
         elif superior and inferior:
             cause = f"the average gain comes with a loss on {', '.join(inferior)}: the head trades one dataset for another"
-        return self.failed(what, {n: per[n]["diff"] for n in per}, bound, rec.epoch, cause=cause, **details)
+        return self.failed(what, {n: per[n]["diff"] for n in per}, bound, rec.epoch, cause=cause, headline=headline, **details)
 
 
 @hookimpl
