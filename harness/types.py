@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, Sequence, TypedDict, runtime_checkable
 
 import torch
 from torch import nn
@@ -53,21 +53,32 @@ class Dataset(Protocol):
     def file_hashes(self, split: str) -> dict[str, str]: ...
 
 
+class Aux(TypedDict, total=False):
+    """The tensors a head may hand to losses and telemetry beside its vectors (``HeadOutput.aux``); every key is
+    optional, and these are the ones the harness reads."""
+
+    correction: torch.Tensor  # (B, D) what a residual head adds to its input: nonzero_residuals and telemetry read it
+    delta: torch.Tensor  # (B, D) the raw residual before its scale
+    alpha: torch.Tensor  # the residual's scale (a scalar or per row)
+    residual_base: torch.Tensor  # (B, D) what the correction is added to, when not the input query (a projection)
+    prediction: torch.Tensor  # (B, D) a predictor's output, for the `predictive` loss (source = "prediction")
+    projection_q: torch.Tensor  # (B, P) pretraining projections the `barlow` loss pulls together
+    projection_d: torch.Tensor
+
+
 @dataclass
 class HeadOutput:
     """What a head returns for a batch of (query, positive document) embedding pairs.
 
     ``query`` and ``doc`` are the vectors that are scored against each other at retrieval time.
-    ``aux`` carries head-specific tensors that losses and telemetry read:
-    ``"delta"`` (the raw residual), ``"alpha"`` (its scale) and ``"correction"`` (what was added
-    to the input) for residual heads; ``"projection_q"``/``"projection_d"`` for pretraining heads.
+    ``aux`` carries head-specific tensors that losses and telemetry read (``Aux`` lists the keys).
     """
 
     query: torch.Tensor
     doc: torch.Tensor
     input_query: torch.Tensor
     input_doc: torch.Tensor
-    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    aux: Aux = field(default_factory=lambda: Aux())
     negatives: torch.Tensor | None = None  # (B*n, D) the head's encoding of mined hard negatives (set by the trainer)
     exclude: torch.Tensor | None = None  # (B, B + B*n) True: that column is a judged document of the row's query
 

@@ -161,7 +161,7 @@ class ResidualL2:
         self.reduction = reduction
 
     def __call__(self, out: HeadOutput) -> torch.Tensor:
-        r = out.aux.get(self.on)
+        r: torch.Tensor | None = out.aux.get(self.on)  # type: ignore[assignment]  # `on` names an Aux key
         if r is None:
             return out.query.sum() * 0.0 + 0.0  # a zero still connected to the graph
         sq = r.pow(2)

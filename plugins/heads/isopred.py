@@ -4,7 +4,7 @@ from typing import cast
 import torch
 
 from harness import hookimpl
-from harness.types import Head, HeadOutput, Similarity
+from harness.types import Aux, Head, HeadOutput, Similarity
 
 from ._layers import check_dropout, check_scoring, hidden_width, mlp
 
@@ -49,7 +49,7 @@ class IsoPred(Head):
     def forward(self, q: torch.Tensor, d: torch.Tensor) -> HeadOutput:
         z_q, z_d = self.project(q), self.project(d)
         prediction = self.predictor(z_q)
-        aux = {"prediction": prediction} if self.projection is not None else {}
+        aux = Aux(prediction=prediction) if self.projection is not None else Aux()
         return HeadOutput(z_q if self.score_with == "projection" else prediction, z_d, q, d, aux)
 
 

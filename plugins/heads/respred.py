@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from harness import hookimpl
-from harness.types import Head, HeadOutput, Similarity
+from harness.types import Aux, Head, HeadOutput, Similarity
 
 from ._layers import check_dropout, check_scoring, hidden_width, mlp
 
@@ -67,9 +67,9 @@ class ResPred(Head):
         z_q, z_d = self.project(q), self.project(d)
         delta, correction = self.residual(z_q)
         prediction = z_q + correction
-        aux = {"delta": delta, "alpha": self.alpha, "correction": correction}
+        aux = Aux(delta=delta, alpha=self.alpha, correction=correction)
         if self.projection is not None:
-            aux.update(prediction=prediction, residual_base=z_q)
+            aux["prediction"], aux["residual_base"] = prediction, z_q
         query = z_q if self.score_with == "projection" else prediction
         return HeadOutput(query, z_d, q, d, aux)
 
