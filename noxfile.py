@@ -1,5 +1,6 @@
 """Sessions: `nox -s tests` (CI), `nox -s fast` (the tests that need no data or model), `nox -s smoke` (the CPU
-gate), `nox -s gpu_suite` (the MPNet gate, needs CUDA), `nox -s lint` (ruff and mypy)."""
+gate), `nox -s gpu_suite` (the MPNet gate, needs CUDA), `nox -s lint` (ruff and mypy), `nox -s bench` (the
+side-by-side benchmarks, docs/performance.md)."""
 import os
 from pathlib import Path
 
@@ -63,3 +64,32 @@ def lint(session):
     session.install("ruff", "mypy")
     session.run("ruff", "check", "harness", "plugins")
     session.run("mypy")
+
+
+OLD_COMMIT = "6c28a94"  # the commit benchmarks/zoo_speed.py times the gate against
+BENCHMARKS = {
+    "eval_speed": ["--threads", "1"],  # one epoch's evaluation, today's path vs harness.scoring (needs cached MiniLM)
+    "zoo_speed": [],  # the warm zoo gate vs 6c28a94 (needs a warm cache; --old is added below)
+    "encoder_vs_st": [],  # the MiniLM encoder vs sentence-transformers, fp32 and bf16, SciFact test
+}
+
+
+@nox.session(default=False)
+def bench(session):
+    """The side-by-side benchmarks, each printing its ratios (docs/performance.md); name some to run only those,
+    e.g. `nox -s bench -- encoder_vs_st`. zoo_speed needs a checkout of 6c28a94: $HARNESS_OLD_CHECKOUT, default
+    /tmp/h6c, made with `git worktree add` when missing. Not run: benchmarks/phase_times.py and flap_study.py read
+    reports of earlier gate runs; cache_speed.py and encode_speed.py encode (minutes)."""
+    unknown = [b for b in session.posargs if b not in BENCHMARKS]
+    if unknown:
+        session.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    install(session, "test")  # sentence-transformers and pytrec_eval come with the test extra
+    for name in session.posargs or list(BENCHMARKS):
+        args = list(BENCHMARKS[name])
+        if name == "zoo_speed":
+            old = Path(os.environ.get("HARNESS_OLD_CHECKOUT", "/tmp/h6c"))
+            if not (old / "harness" / "cli.py").is_file():
+                session.log(f"making a checkout of {OLD_COMMIT} at {old}")
+                session.run("git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), OLD_COMMIT, external=True)
+            args += ["--old", str(old)]
+        session.run("python", f"benchmarks/{name}.py", *args)
