@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# On the device (carry .gpu, built by benchmarks/gpu_carry.sh): the smoke suite on CUDA, then the adapter on that machine's CPU,
-# and the wall time per phase of each (benchmarks/phase_times.py).
+# On a lent GPU machine (carry .gpu, built here by benchmarks/gpu_carry.sh; that machine reaches no registry and
+# holds no model weights): the whole smoke suite on CUDA from the carried MiniLM cache, three ways, each timed:
+#   1. serial: `harness run suites/smoke.toml` (seeds 0-2, every candidate), phase times, and its verdicts and
+#      numbers compared with the CPU run carried in .gpu/cpu-report.json (benchmarks/compare_reports.py);
+#   2. `--workers 4`: four processes sharing the one GPU, compared with 1;
+#   3. `pytest -n 4 --dist loadgroup suites/smoke.toml` (pytest-xdist).
+# Everything lands in $OUT. Usage there: bash benchmarks/gpu_smoke.sh
 set -u
 python3 -V; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-pip install --quiet --no-deps --no-index --target /tmp/pylib .gpu/wheels/beir-*.whl 2>&1 | tail -1
+pip install --quiet --no-deps --no-index --target /tmp/pylib .gpu/wheels/*.whl 2>&1 | tail -1
+# Run from this checkout without installing it: harness.plugins is the repository's plugins/ folder.
+[ -e harness/plugins ] || ln -s ../plugins harness/plugins
 mkdir -p /tmp/data && tar xzf .gpu/beir-data.tgz -C /tmp/data  # -> /tmp/data/beir/{scifact,nfcorpus}
-export PYTHONPATH=$PWD:/tmp/pylib HARNESS_DATA_DIR=/tmp/data/beir HARNESS_CACHE_DIR=$PWD/.gpu/cache HARNESS_PROGRESS_INTERVAL=30
-start=$(date +%s)
-timeout 170 python3 -m harness.cli run suites/smoke.toml --seeds 0 --require-gpu --candidate adapter,asym-dot,respred-seed004 \
-  --out $OUT/smoke-gpu --no-progress --no-github-summary > $OUT/gpu.log 2>&1; echo "gpu rc=$? wall=$(( $(date +%s) - start ))s"
-tail -25 $OUT/gpu.log
-python3 benchmarks/phase_times.py $OUT/smoke-gpu
-start=$(date +%s)
-timeout 75 python3 -m harness.cli run suites/smoke.toml --seeds 0 --device cpu --candidate adapter \
-  --out $OUT/smoke-cpu --no-progress --no-github-summary > $OUT/cpu.log 2>&1; echo "cpu rc=$? wall=$(( $(date +%s) - start ))s"
-tail -3 $OUT/cpu.log
-python3 benchmarks/phase_times.py $OUT/smoke-gpu $OUT/smoke-cpu 2>&1 | tail -12
+export PYTHONPATH=$PWD:/tmp/pylib HARNESS_DATA_DIR=/tmp/data/beir HARNESS_CACHE_DIR=$PWD/.gpu/cache HARNESS_PROGRESS_INTERVAL=60
+run() {  # name, limit in seconds, command...
+  local name=$1 limit=$2; shift 2
+  local start=$(date +%s)
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "$name: rc=$? wall=$(( $(date +%s) - start ))s"
+}
+run serial 300 python3 -m harness run suites/smoke.toml --require-gpu --out "$OUT/serial" --no-progress --no-github-summary
+tail -4 "$OUT/serial.log"
+python3 benchmarks/phase_times.py "$OUT/serial" 2>&1 | tail -9
+python3 benchmarks/compare_reports.py .gpu/cpu-report.json "$OUT/serial" | tail -8
+run workers4 200 python3 -m harness run suites/smoke.toml --require-gpu --workers 4 --out "$OUT/workers4" --no-progress --no-github-summary
+tail -2 "$OUT/workers4.log"
+python3 benchmarks/compare_reports.py "$OUT/serial" "$OUT/workers4" | tail -4
+run xdist 200 python3 -m pytest -p harness.pytest_plugin -n 4 --dist loadgroup -q suites/smoke.toml -p no:cacheprovider
+tail -4 "$OUT/xdist.log"
+rm -rf "$OUT"/serial/seed-* "$OUT"/workers4/seed-* "$OUT"/*/plots  # checkpoints: not needed back

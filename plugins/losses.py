@@ -7,6 +7,8 @@ diagonal, before the temperature), which telemetry reports as positive/negative 
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -161,7 +163,7 @@ class ResidualL2:
         self.reduction = reduction
 
     def __call__(self, out: HeadOutput) -> torch.Tensor:
-        r: torch.Tensor | None = out.aux.get(self.on)  # type: ignore[assignment]  # `on` names an Aux key
+        r = cast("torch.Tensor | None", out.aux.get(self.on))  # `on` names an Aux key
         if r is None:
             return out.query.sum() * 0.0 + 0.0  # a zero still connected to the graph
         sq = r.pow(2)
