@@ -65,7 +65,7 @@ def cmd_run(args) -> int:
             suite, seed=args.seed, candidates=args.candidate, out_dir=out_dir, require_gpu_=args.require_gpu,
             data_dir=args.data_dir, device=args.device, progress=not args.no_progress and sys.stderr.isatty(),
             on_outcome=None if args.json else on_outcome, on_candidate=on_candidate, regenerate=args.regenerate,
-            seeds=args.seeds, workers=args.workers,
+            seeds=args.seeds, workers=args.workers, backend=args.backend, address=args.address,
         )
         if not begun:
             rp.begin(out_dir, suite)
@@ -214,6 +214,9 @@ def add_parser(sub) -> None:
                      "complete run, or an INCOMPLETE marker while a run is unfinished; never an older report beside "
                      "newer runs."),
         epilog="examples:\n  harness run suites/smoke.toml\n  harness run suites/smoke.toml --seeds 0,1,2 --candidate adapter,asym-dot\n"
+               "  harness run suites/smoke.toml --workers 2            # candidates x seeds trained in 2 processes\n"
+               "  harness run suites/smoke.toml --backend ray --address auto   # a Ray task each, on a running cluster\n"
+               "  pytest -n 2 --dist loadgroup suites/smoke.toml       # pytest-xdist: each candidate on one worker\n"
                "  harness validate suites/smoke.toml   # check everything, train nothing",
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
@@ -223,7 +226,15 @@ def add_parser(sub) -> None:
                    "each (overrides the suite's `seeds`; docs/gate.md: the seed rule)")
     p.add_argument("--workers", type=_workers, default=1, metavar="N",
                    help="train candidates x seeds in N processes (one GPU each, round robin, where there are several); "
-                        "checks and the report are the same as serial (default 1)")
+                        "with --backend ray, the CPUs of the Ray instance started here (default 1: serial; with ray, "
+                        "every core). Checks run in this process: the report is the serial run's")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="where training fans out: local = this machine's processes (--workers); ray = a Ray task per "
+                        "candidate x seed (one GPU each where the cluster has GPUs, else one CPU), on a Ray instance started "
+                        "here or the cluster at --address; needs pip install 'retrieval-harness[ray]' (default local)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="with --backend ray: the running cluster to use, as ray.init(address=ADDR), e.g. auto or "
+                        "ray://head:10001 (its workers need the harness and the $HARNESS_* folders; default: start one here)")
     p.add_argument("--regenerate", action="store_true",
                    help="rewrite accepted candidates' regression baselines from this run (no_regression still reports)")
     p.add_argument("--candidate", type=cli._csv, help="only these candidates (comma-separated)")

@@ -9,6 +9,11 @@ fail fails the test (strict XPASS), an unexpected failure fails with the check's
 Items of a suite with ``requires_gpu = true`` carry the ``gpu`` marker and are skipped, with the reason,
 when no CUDA device is there; ``--require-gpu`` makes them fail instead (what ``nox -s gpu_suite`` wants).
 
+Under pytest-xdist (``pytest -n 2 --dist loadgroup suites/smoke.toml``) every item of a candidate carries
+``xdist_group("<suite>.<candidate>")``, so one worker trains the candidate once on all its seeds (a seed-pooled
+check such as ``beats_baseline`` needs every seed's run in one process). Each worker hands its candidates'
+reports to the controller (``workeroutput``), which writes the one ``--gate-out`` report; a worker writes none.
+
 This module is loaded in every pytest run of the repository (``pytest11`` entry point), so it imports
 nothing heavy until a suite file is actually collected.
 """
@@ -26,15 +31,27 @@ def pytest_addoption(parser):
     group.addoption("--gate-suites", action="store_true", default=False,
                     help="collect suites/*.toml under the given paths as gate items (a suite named on the command line always is)")
     group.addoption("--gate-seed", type=int, default=None, help="one training seed for every gated candidate (overrides the suite's seeds)")
+    group.addoption("--gate-seeds", type=_seeds, default=None, metavar="0,1",
+                    help="training seeds, comma-separated, for every gated candidate (overrides the suite's seeds, as harness run --seeds)")
     parser.addini("harness_suites", "collect suites/*.toml as gate items without --gate-suites", type="bool", default=False)
     group.addoption("--gate-out", default=None,
                     help="write each gated suite's report.json, summary.md and plots under this folder at the end of the session")
 
 
+def _seeds(text: str) -> list[int]:
+    from harness.gate_cli import _seeds as parse
+
+    return parse(text)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (the MPNet gpu_suite)")
-    config._harness_gates = {}  # suite path -> (suite, {candidate: CandidateGate})
+    if not config.pluginmanager.hasplugin("xdist"):  # xdist registers it itself; without xdist the mark is inert
+        config.addinivalue_line("markers", "xdist_group(name): run these items on one pytest-xdist worker (--dist loadgroup)")
+    config._harness_gates = {}  # suite path -> (suite, {candidate: SeededGate})
     config._harness_stores = {}  # baselines folder -> BaselineStore
+    config._harness_remote = []  # on the xdist controller: each worker's reports, from its workeroutput
+    config._harness_trained = []  # on the xdist controller: "suite::candidate" for each worker that trained it
 
 
 def _asked_for(config, file_path) -> bool:
@@ -93,13 +110,15 @@ class CandidateNode(pytest.Collector):
             device = "cuda" if self.suite.requires_gpu and opts.require_gpu else None
             out = opts.gate_out and f"{opts.gate_out}/{self.suite.name}"
             verify_baselines(self.suite, store, opts.gate_seed, None, [self.spec])
-            seeds = [opts.gate_seed] if opts.gate_seed is not None else list(self.suite.seeds or [self.suite.seed])
+            seeds = opts.gate_seeds or ([opts.gate_seed] if opts.gate_seed is not None else list(self.suite.seeds or [self.suite.seed]))
             self.gates[self.spec.name] = SeededGate(self.suite, self.spec, store, seeds, out, None, device, progress=False)
         return self.gates[self.spec.name]
 
     def collect(self):
+        group = f"{self.suite.name}.{self.spec.name}".replace("@", "_")  # xdist splits node ids at '@'
         for check in self.spec.checks:
             item = CheckItem.from_parent(self, name=check, check=check)
+            item.add_marker(pytest.mark.xdist_group(group))  # --dist loadgroup: the candidate trains once, on one worker
             if self.suite.requires_gpu:
                 item.add_marker(pytest.mark.gpu)
             yield item
@@ -150,28 +169,100 @@ class CheckItem(pytest.Item):
         return self.path, None, f"{self.parent.name}::{self.check}"
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """An xdist worker under ``--dist loadgroup``: pytest-xdist 3.8 groups an item by writing ``item._nodeid``
+    (``<id>@<group>``), which pytest 9.2's structured node ids no longer read, so its groups silently vanish
+    (pytest-dev/pytest-xdist#1386). Carry the suffix into our check items' ids, so a candidate still trains once."""
+    if not (hasattr(config, "workerinput") and config.getvalue("loadgroup")):
+        return
+    for item in items:
+        wanted = item.__dict__.get("_nodeid") if isinstance(item, CheckItem) else None
+        if wanted and item.nodeid != wanted and hasattr(item, "_id"):
+            item._id = type(item._id).parse(wanted)  # pytest >= 9.2: NodeId; the fix xdist#1388 proposes
+
+
+def _local_reports(config) -> dict[str, tuple]:
+    """This process's gated candidates: suite path -> (suite, {candidate: CandidateReport}, warnings, baselines, seeds)."""
+    out: dict[str, tuple] = {}
+    for path, (suite, by_name) in getattr(config, "_harness_gates", {}).items():
+        if not by_name:
+            continue
+        first = next(iter(by_name.values()))
+        store = first.first.candidate.store
+        out[path] = (suite, {name: g.report() for name, g in by_name.items()}, list(store.warnings), store.used(), first.seeds)
+    return out
+
+
+def _merge(parts: list[dict[str, tuple]]) -> dict[str, tuple]:
+    """Every process's reports, one entry per suite. A candidate reported by several workers (``-n`` without
+    ``--dist loadgroup`` may train it on each) keeps the outcomes of every one: they judged the same runs."""
+    merged: dict[str, tuple] = {}
+    for part in parts:
+        for path, (suite, reports, warnings, used, seeds) in part.items():
+            _, have, all_warnings, all_used, _ = merged.setdefault(path, (suite, {}, [], [], seeds))
+            for name, rep in reports.items():
+                if name in have:
+                    have[name].outcomes.update(rep.outcomes)
+                    have[name].per_seed.update(rep.per_seed)
+                else:
+                    have[name] = rep
+            all_warnings.extend(w for w in warnings if w not in all_warnings)
+            all_used.extend(u for u in used if u["path"] not in {x["path"] for x in all_used})
+    return merged
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist controller: keep what a finished worker gated (its ``pytest_sessionfinish`` put it in ``workeroutput``)."""
+    output = getattr(node, "workeroutput", {})
+    node.config._harness_trained.extend(output.get("harness_trained", []))
+    if output.get("harness_reports"):
+        import pickle
+
+        node.config._harness_remote.append(pickle.loads(output["harness_reports"]))
+
+
 def pytest_sessionfinish(session, exitstatus):
-    out = session.config.option.gate_out if hasattr(session.config.option, "gate_out") else None
-    gates = getattr(session.config, "_harness_gates", {})
-    if not out or not gates:
+    config = session.config
+    if not hasattr(config, "_harness_gates"):
+        return
+    out = getattr(config.option, "gate_out", None)
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller writes the report from every worker's part
+        config.workeroutput["harness_trained"] = [f"{suite.name}::{name}" for suite, by_name in config._harness_gates.values()
+                                                  for name in by_name]
+        local = _local_reports(config) if out else {}
+        if local:
+            import pickle
+
+            config.workeroutput["harness_reports"] = pickle.dumps(local)
+        return
+    merged = _merge([_local_reports(config), *config._harness_remote]) if out else {}
+    if not merged:
         return
     import time
 
     from harness import report as rp
     from harness.gate import GateReport
 
-    for _, (suite, by_name) in gates.items():
-        if not by_name:
-            continue
+    for _, (suite, by_name, warnings, used, seeds) in merged.items():
         reports = []
         for spec in suite.candidates:
-            g = by_name.get(spec.name)
-            if g is None:
+            rep = by_name.get(spec.name)
+            if rep is None:
                 continue
-            reports.append(g.report())
-        seed = session.config.option.gate_seed
-        store = next(iter(by_name.values())).first.candidate.store
-        report = GateReport(suite, suite.seed if seed is None else seed, reports,
-                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), 0.0, "pytest",
-                            list(dict.fromkeys(store.warnings)), store.used())
+            rep.outcomes = {n: rep.outcomes[n] for n in spec.checks if n in rep.outcomes}  # the suite's order
+            reports.append(rep)
+        report = GateReport(suite, seeds[0], reports,
+                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), 0.0, "pytest", warnings, used)
+        report.seeds = list(seeds)
         rp.write(report, f"{out}/{suite.name}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """xdist controller: say so when a candidate trained on several workers (``-n`` without ``--dist loadgroup``)."""
+    trained = getattr(config, "_harness_trained", [])
+    twice = sorted({name for name in trained if trained.count(name) > 1})
+    if twice:
+        terminalreporter.write_line(f"note: {', '.join(twice)} trained on more than one xdist worker; pass --dist loadgroup "
+                                    f"so each candidate trains once", yellow=True)

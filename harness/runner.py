@@ -195,12 +195,18 @@ def run_suite(suite: Suite, seed: int | None = None, candidates: list[str] | Non
               require_gpu_: bool = False, data_dir: str | None = None, device: str | None = None, progress: bool = True,
               on_outcome: Callable[[str, Outcome], None] | None = None,
               on_candidate: Callable[[CandidateSpec], None] | None = None, regenerate: bool = False,
-              seeds: list[int] | None = None, workers: int = 1) -> GateReport:
+              seeds: list[int] | None = None, workers: int = 1, backend: str = "local",
+              address: str | None = None) -> GateReport:
     """Gate every (selected) candidate of ``suite``. Raises ``GateError``/``BaselineError`` before training
     when the run cannot be meaningful; check failures are outcomes, not exceptions. ``workers > 1`` trains the
-    candidates x seeds in that many processes (``concurrent.futures``; one GPU each, round robin, where there are
-    several); every number equals the serial run's."""
+    candidates x seeds in that many processes, ``backend="ray"`` as Ray tasks (on a local instance, or on the
+    cluster at ``address``); the checks run here either way, so every number equals the serial run's
+    (``harness.fanout``)."""
     import torch
+
+    from harness import fanout
+
+    fanout.require(backend, workers, address)  # e.g. no ray installed: one line, before anything is written
 
     if require_gpu_:
         gpu = require_gpu()
@@ -217,56 +223,19 @@ def run_suite(suite: Suite, seed: int | None = None, candidates: list[str] | Non
     reports = []
     gates = {spec.name: SeededGate(suite, spec, store, seeds_used, out_dir, data_dir, device, progress, regenerate)
              for spec in specs}
-    pending = {}
-    if workers > 1:  # train every (candidate, seed) in its own process; checks then run here, on what they returned
-        if on_candidate and specs:
-            on_candidate(specs[0])  # before any worker writes: the report folder is marked incomplete first
-        pending = _train_in_workers(suite, gates, workers, device)
-    for i, spec in enumerate(specs):
-        if on_candidate and not (workers > 1 and i == 0):
-            on_candidate(spec)
-        gate = gates[spec.name]
-        for s, cg in gate.gates.items():
-            if (spec.name, s) in pending:
-                _adopt(cg, pending[(spec.name, s)].result())
-        reports.append(gate.run_all(on_outcome))
+    fanned = fanout.fans_out(backend, workers)  # train every (candidate, seed) elsewhere; checks run here, on what came back
+    first = (lambda: on_candidate(specs[0])) if (fanned and on_candidate and specs) else None
+    with fanout.training(gates, backend, workers, device, address, before_jobs=first) as pending:  # marked incomplete first
+        for i, spec in enumerate(specs):
+            if on_candidate and not (fanned and i == 0):
+                on_candidate(spec)
+            gate = gates[spec.name]
+            for s, cg in gate.gates.items():
+                if (spec.name, s) in pending:
+                    fanout.adopt(cg, pending[(spec.name, s)])
+            reports.append(gate.run_all(on_outcome))
     report = GateReport(suite, seeds_used[0], reports, started, time.perf_counter() - t0,
                         device_desc, list(dict.fromkeys(store.warnings)), store.used())
     report.seeds = seeds_used
     return report
 
-
-
-
-# -- training in worker processes -----------------------------------------------------------------
-def _train_in_workers(suite: Suite, gates: dict[str, SeededGate], workers: int, device: str | None) -> dict:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    import torch
-
-    n_gpus = torch.cuda.device_count() if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()) else 0
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    futures: dict[tuple[str, int], Any] = {}
-    for name, sg in gates.items():
-        for seed, cg in sg.gates.items():
-            gpu = (len(futures) % n_gpus) if n_gpus > 1 else None
-            futures[(name, seed)] = pool.submit(_train_job, cg, gpu)
-    pool.shutdown(wait=False)  # the futures still complete; the pool's processes exit when they have
-    return futures
-
-
-def _train_job(cg: CandidateGate, gpu: int | None):
-    """In a worker: train one candidate on one seed (writing its run folder) and hand back what checks read."""
-    import os
-
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    cg.progress = False
-    cg.train()
-    return cg.candidate.run, cg.candidate.result, cg.train_error, cg.train_seconds
-
-
-def _adopt(cg: CandidateGate, trained) -> None:
-    cg.candidate.run, cg.candidate.result, cg.train_error, cg.train_seconds = trained
-    cg._trained = True

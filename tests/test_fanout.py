@@ -1,0 +1,125 @@
+"""Fan-out on existing engines: `pytest -n 2 --dist loadgroup` over a suite's items (pytest-xdist) and
+`harness run --backend ray` give the serial run's outcomes and numbers (docs/performance.md, "Fan-out")."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# two cheap candidates on two seeds: the pooled check (beats_baseline) needs both seeds' runs in one process
+SUITE = """\
+version = 1
+name = "fan"
+encoder = "minilm"
+datasets = ["scifact"]
+seeds = [0, 1]
+baselines_dir = "{baselines}"
+[train]
+datasets = ["scifact"]
+epochs = 2
+max_pairs = 1000
+[checks.finite]
+[checks.loss_properties]
+max_examples = 50
+[checks.bounded_norms]
+[checks.beats_baseline]
+encoder = "minilm"
+permutations = 2000
+[[candidates]]
+name = "identity"
+head = "identity"
+expect_fail = {{ beats_baseline = "it is the baseline" }}
+[[candidates]]
+name = "adapter"
+head = "adapter"
+losses = {{ infonce_cos = {{ weight = 1.0, temperature = 0.05 }} }}
+"""
+
+
+def numbers(report_json: Path) -> dict:
+    """What must not change with the fan-out: every outcome, every measured value (pooled and per seed), the
+    kept NDCG@10 of every seed, the seeds."""
+    report = json.loads(report_json.read_text())
+    return {"seeds": report["seeds"], "verdict": report["verdict"], "candidates": {
+        c["name"]: ({k: (v["outcome"], v["measured"], {s: x["measured"] for s, x in v["per_seed"].items()})
+                     for k, v in c["checks"].items()}, c["ndcg10_by_seed"]) for c in report["candidates"]}}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory, data_dir) -> Path:
+    folder = tmp_path_factory.mktemp("fanout")
+    shutil.copytree(ROOT / "baselines" / "minilm", folder / "baselines" / "minilm")
+    (folder / "suites").mkdir()
+    path = folder / "suites" / "fan.toml"
+    path.write_text(SUITE.format(baselines=folder / "baselines"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def serial(suite) -> dict:
+    """The serial run every fan-out is compared with."""
+    out = suite.parent.parent / "serial"
+    assert main(["run", str(suite), "--out", str(out), "--no-github-summary", "--no-progress"]) == 0
+    return numbers(out / "report.json")
+
+
+def test_pytest_xdist_loadgroup_trains_each_candidate_on_one_worker(suite, serial, tmp_path):
+    """`pytest -n 2 --dist loadgroup SUITE`: a candidate's items (all its seeds) run on one worker, the controller
+    writes one --gate-out report, and it holds the serial run's outcomes and numbers."""
+    pytest.importorskip("xdist", reason="pytest-xdist is not installed (pip install -e '.[test]')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(suite), "-n", "2", "--dist", "loadgroup", "-v", "-p", "no:cacheprovider",
+                           "--gate-out", str(tmp_path), "--rootdir", str(suite.parent.parent)],
+                          capture_output=True, text=True, env=env, cwd=suite.parent.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ran = re.findall(r"\[(gw\d+)\] \[ *\d+%\] (?:PASSED|XFAIL) \S*fan\.toml::([\w-]+)::\w+@fan\.\2", proc.stdout)
+    assert len(ran) == 8, proc.stdout  # 2 candidates x 4 checks, each tagged with its candidate's group
+    workers = {c: {w for w, name in ran if name == c} for c in ("identity", "adapter")}
+    assert all(len(w) == 1 for w in workers.values()), workers
+    assert "more than one xdist worker" not in proc.stdout
+    assert numbers(tmp_path / "fan" / "report.json") == serial
+
+
+def test_ray_backend_gives_the_serial_run_s_numbers(suite, serial, tmp_path):
+    """`harness run --backend ray`: each (candidate, seed) trains as a task of a local Ray instance started (and
+    stopped) by the run; the checks run in the parent, so the report is the serial one."""
+    pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
+    out = tmp_path / "ray"
+    assert main(["run", str(suite), "--out", str(out), "--backend", "ray", "--workers", "2", "--no-github-summary",
+                 "--no-progress"]) == 0
+    assert numbers(out / "report.json") == serial
+    assert (out / "seed-1" / "runs" / "adapter" / "scifact" / "telemetry.json").is_file()  # written by a Ray worker
+    assert not __import__("ray").is_initialized()  # the instance it started is gone
+
+
+def test_backend_refusals_are_one_line_and_write_nothing(suite, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed: `import ray` raises ImportError
+    out = tmp_path / "r"
+    assert main(["run", str(suite), "--out", str(out), "--backend", "ray"]) == 2
+    assert "--backend ray needs ray: pip install 'retrieval-harness[ray]'" in capsys.readouterr().err
+    assert main(["run", str(suite), "--out", str(out), "--address", "auto"]) == 2
+    assert "add --backend ray" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_unreachable_ray_cluster_is_one_line_and_writes_nothing(suite, tmp_path, monkeypatch, capsys):
+    """ray.init failing (no cluster at --address) stops the run before its report folder is marked incomplete."""
+    import types
+
+    def init(**kwargs):
+        raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}\nmore detail")
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False, init=init))
+    out = tmp_path / "r"
+    assert main(["run", str(suite), "--out", str(out), "--backend", "ray", "--address", "ray://nowhere:10001"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot start or reach the Ray cluster at --address ray://nowhere:10001: ConnectionError: Failed to connect" in err
+    assert "more detail" not in err and not out.exists()
