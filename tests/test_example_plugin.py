@@ -23,9 +23,9 @@ def installed(tmp_path_factory):
     return target
 
 
-def harness(args, site, data_dir, **env):
+def harness(args, site, data_dir, cwd: Path = ROOT, **env):
     env = {**os.environ, "PYTHONPATH": str(site), "HARNESS_DATA_DIR": str(data_dir), **env}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=env, cwd=cwd)
 
 
 def test_entry_point_registers_the_head_and_the_check(installed, data_dir):
@@ -42,7 +42,9 @@ def test_entry_point_registers_the_head_and_the_check(installed, data_dir):
 
 def test_the_example_head_is_gated(installed, data_dir, tmp_path):
     out = tmp_path / "report"
-    proc = harness(["run", str(EXAMPLE / "suites" / "example.toml"), "--out", str(out), "--no-github-summary"], installed, data_dir)
+    # from outside the harness's checkout: the package's suite needs no path to it (baselines: the harness's own)
+    proc = harness(["run", str(EXAMPLE / "suites" / "example.toml"), "--out", str(out), "--no-github-summary"], installed, data_dir,
+                   cwd=tmp_path)
     report = json.loads((out / "report.json").read_text())
     (cand,) = report["candidates"]
     outcomes = {k: v["outcome"] for k, v in cand["checks"].items()}
@@ -50,7 +52,7 @@ def test_the_example_head_is_gated(installed, data_dir, tmp_path):
     assert cand["config"]["head"] == "linear_residual" and first["ndcg10"]["scifact"] == pytest.approx(0.6451, abs=1e-4)
     assert set(outcomes) == {"finite", "loss_properties", "similarity_consistency", "bounded_norms", "no_degradation",
                              "no_collapse", "ndcg_floor", "beats_baseline"}
-    assert outcomes["ndcg_floor"] == "pass" and outcomes["loss_properties"] == "pass" and outcomes["finite"] == "pass"
-    # the verdict follows the outcomes: exit 0 only if no check failed
-    assert proc.returncode == (0 if all(o in ("pass", "n/a", "xfail") for o in outcomes.values()) else 1), proc.stdout
+    # the example head is accepted (docs/adding-a-head.md): every check passes, and the run exits 0
+    assert all(o == "pass" for o in outcomes.values()), outcomes
+    assert proc.returncode == 0 and report["verdict"] == "pass", proc.stdout + proc.stderr
     assert "linear-residual" in (out / "summary.md").read_text()
