@@ -57,8 +57,31 @@ class Baseline:
         return d
 
 
+def harness_own() -> Path:
+    """The baselines the harness ships: its checkout's ``baselines/`` folder (an editable install's)."""
+    return Path(__file__).resolve().parent.parent / "baselines"
+
+
 def default_root() -> Path:
-    return Path(os.environ.get(BASELINES_ENV) or "baselines")
+    """Where stored baselines are when no suite or flag says: ``$HARNESS_BASELINES_DIR``, else ``./baselines``
+    if it exists, else the harness's own (so a package's suite needs no path to the harness's checkout)."""
+    env = os.environ.get(BASELINES_ENV)
+    if env:
+        return Path(env)
+    here = Path("baselines")
+    return here if here.is_dir() or not harness_own().is_dir() else harness_own()
+
+
+def suite_root(suite_file: Path, key: str | None) -> Path:
+    """A suite's baselines, found the same way by every command: its ``baselines_dir`` key (relative to the
+    file), else ``$HARNESS_BASELINES_DIR``, else ``../baselines`` beside the suite if it exists, else
+    ``default_root()``."""
+    if key is not None:
+        return (suite_file.parent / key).resolve()
+    if os.environ.get(BASELINES_ENV):
+        return Path(os.environ[BASELINES_ENV]).resolve()
+    beside = (suite_file.parent.parent / "baselines").resolve()
+    return beside if beside.is_dir() else default_root().resolve()
 
 
 def safe_name(name: str) -> str:

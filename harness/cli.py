@@ -41,7 +41,7 @@ environment:
   HARNESS_DATA_DIR      folder holding BEIR datasets (<dir>/scifact/corpus.jsonl, ...)
   HARNESS_CACHE_DIR     embedding and model cache (default ~/.cache/retrieval-harness)
   HARNESS_LOAD_PLUGINS  entry-point plugins to load: unset = all, empty = none, "a,b" = only those
-  HARNESS_BASELINES_DIR stored baselines (default ./baselines)
+  HARNESS_BASELINES_DIR stored baselines (default ./baselines if it exists, else the harness's own)
   HARNESS_CACHE_LOCK_TIMEOUT  seconds to wait for another process encoding the same cache entry (default 3600)
 exit status (every command):
   0    success (harness run: the gate passed)

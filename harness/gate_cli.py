@@ -268,7 +268,7 @@ def add_parser(sub) -> None:
     p.add_argument("--encoder", type=cli._csv, help="encoder name(s), comma-separated")
     p.add_argument("--dataset", type=cli._csv, help="dataset name(s), comma-separated")
     p.add_argument("--split", type=cli._csv, default=["test"], help="split(s), comma-separated (default test)")
-    p.add_argument("--baselines-dir", help="baseline folder (default ./baselines or $HARNESS_BASELINES_DIR)")
+    p.add_argument("--baselines-dir", help="baseline folder (default $HARNESS_BASELINES_DIR, else ./baselines if it exists, else the harness's own)")
     p.add_argument("--data-dir", help="folder holding BEIR datasets (default: $HARNESS_DATA_DIR)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="encoder precision (part of the provenance)")
     p.add_argument("--device", help="torch device for encoding")

@@ -41,6 +41,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+from harness.baselines import suite_root  # noqa: E402
 from harness.components import ComponentError, check_components  # noqa: E402
 from harness.config import ConfigError, TrainConfig  # noqa: E402
 from harness.files import read_utf8  # noqa: E402
@@ -354,12 +355,12 @@ def load_suite(path: str | Path) -> Suite:
             raise ctx.fail(f"seeds[{i}]", f"must be >= 0, got {v}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ctx.fail("seeds", "must be a non-empty list of distinct seeds")
-    bdir = ctx.expect("baselines_dir", raw.get("baselines_dir", "../baselines"), str, "a folder path")
+    bdir = ctx.expect("baselines_dir", raw["baselines_dir"], str, "a folder path") if "baselines_dir" in raw else None
     return Suite(
         path=path, version=version, name=name, encoder=encoder, datasets=datasets, candidates=candidates,
         checks=checks, description=ctx.expect("description", raw.get("description", ""), str, "a string"),
         eval_split=eval_split, requires_gpu=requires_gpu, device=device, seed=seeds[0], train=train, seeds=list(seeds),
-        baselines_dir=(path.parent / bdir).resolve(),
+        baselines_dir=suite_root(path, bdir),
     )
 
 

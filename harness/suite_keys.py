@@ -11,7 +11,8 @@ SUITE_KEYS = {
     "device": "torch device for training (default: cuda if available, else cpu)",
     "seed": "training seed when `seeds` is not given (harness run --seed overrides it)",
     "seeds": "training seeds: every candidate is trained and judged on each (harness run --seeds overrides them)",
-    "baselines_dir": "folder of stored baselines, relative to the suite file (default ../baselines)",
+    "baselines_dir": "folder of stored baselines, relative to the suite file (default: $HARNESS_BASELINES_DIR, else "
+                     "../baselines if it exists, else ./baselines or the harness's own)",
     "train": "table of training defaults for every candidate",
     "checks": "table of checks to run, each a table of thresholds",
     "candidates": "array of candidate tables ([[candidates]])",
