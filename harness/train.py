@@ -291,12 +291,16 @@ def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: in
             on_epoch(unit.name, rec)
         return rec
 
+    def kept(epoch: int) -> dict:
+        """The weights just recorded for ``epoch``: a lean trial's own copy, else a fresh one."""
+        return states[epoch][1] if epoch in states else snapshot()
+
     def snapshot() -> dict:
         return {k: v.detach().clone() for k, v in head.state_dict().items()}
 
     first_stage = stages[0][1] if stages else loss_specs
     epochs = [record(0, first_stage, [], {})]
-    best_dev, best_epoch, best_state = _mean(epochs[0].dev_ndcg10), 0, snapshot()
+    best_dev, best_epoch, best_state = _mean(epochs[0].dev_ndcg10), 0, kept(0)
     last_good = best_state
     epoch, stopped, early = 0, None, False
     for stage_name, stage, n_epochs, stage_lr in stages:
@@ -356,7 +360,7 @@ def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: in
             rec = record(epoch, stage, steps, trace)
             rec.seconds = time.perf_counter() - start
             epochs.append(rec)
-            last_good = snapshot()
+            last_good = kept(epoch)
             dev = _mean(rec.dev_ndcg10)
             if dev > best_dev:
                 best_dev, best_epoch, best_state = dev, epoch, last_good
