@@ -71,7 +71,7 @@ class TrainConfig:
     negative_depth: int = 50
     dev_fraction: float = 0.2
     select: str = "dev"
-    patience: int = 3
+    patience: int = 8
     lr_grid: list[float] = field(default_factory=list)  # empty: only ``lr``
     positives: str = "one_per_query"
 

@@ -50,7 +50,7 @@ TRAIN_KEYS = {
     "negative_depth": "hard negatives come from the frozen encoder's top this many (default 50)",
     "dev_fraction": "share of train queries held out as the dev split (default 0.2)",
     "select": "\"dev\" (epoch and lr with the best dev NDCG@10; default) or \"last\"",
-    "patience": "early stopping: epochs without a better dev NDCG@10 (0: never; default 3)",
+    "patience": "early stopping: epochs without a better dev NDCG@10 (0: never; default 8)",
     "lr_grid": "learning rates to try, chosen on dev (default: only lr)",
     "positives": "\"one_per_query\" (default) or \"all\" (every judged pair, capped by max_pairs)",
 }

@@ -253,7 +253,7 @@ def add_parser(sub) -> None:
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
     p.add_argument("--mode", choices=("per_dataset", "pooled"), help="a head per training dataset (default) or one pooled head")
     p.add_argument("--select", choices=("dev", "last"), help="keep the epoch with the best dev NDCG@10 (default) or the last")
-    p.add_argument("--patience", type=int, help="stop after this many epochs without a better dev NDCG@10 (0: never; default 3)")
+    p.add_argument("--patience", type=int, help="stop after this many epochs without a better dev NDCG@10 (0: never; default 8)")
     p.add_argument("--hard-negatives", type=int, help="mined negatives per query per step from the frozen top 50 (default 1; 0: in-batch only)")
     p.add_argument("--dev-fraction", type=float, help="share of train queries held out to select on (default 0.2)")
     p.add_argument("--positives", choices=("one_per_query", "all"), help="one judged document per query per epoch (default) or every pair")
