@@ -113,7 +113,7 @@ class Outcome:
         msg = self.result.message if self.result is not None else ""
         if self.outcome == "xpass":
             why = f" ({self.expected_reason})" if self.expected_reason else ""
-            return (f"{self.check} XPASS (strict): the suite expects this check to fail{why}, but it passed{note}, so the "
+            return (f"{self.check} XPASS: the suite expects this check to fail{why}, but it passed{note}, so the "
                     f"harness no longer catches this known failure. Measured: {msg}")
         if self.outcome == "xfail":
             return f"expected failure caught{note}: {msg}"
