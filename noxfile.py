@@ -71,6 +71,7 @@ BENCHMARKS = {
     "eval_speed": ["--threads", "1"],  # one epoch's evaluation, today's path vs harness.scoring (needs cached MiniLM)
     "zoo_speed": [],  # the warm zoo gate vs 6c28a94 (needs a warm cache; --old is added below)
     "encoder_vs_st": [],  # the MiniLM encoder vs sentence-transformers, fp32 and bf16, SciFact test
+    "loss_search_speed": [],  # the static loss search per built-in loss vs ed36a31 (a worktree at /tmp/h-ed36a31)
 }
 
 
@@ -79,7 +80,8 @@ def bench(session):
     """The side-by-side benchmarks, each printing its ratios (docs/performance.md); name some to run only those,
     e.g. `nox -s bench -- encoder_vs_st`. zoo_speed needs a checkout of 6c28a94: $HARNESS_OLD_CHECKOUT, default
     /tmp/h6c, made with `git worktree add` when missing. Not run: benchmarks/phase_times.py and flap_study.py read
-    reports of earlier gate runs; cache_speed.py and encode_speed.py encode (minutes)."""
+    reports of earlier gate runs, seed_stats.py too; patience_study.py trains (minutes); cache_speed.py and
+    encode_speed.py encode (minutes)."""
     unknown = [b for b in session.posargs if b not in BENCHMARKS]
     if unknown:
         session.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")

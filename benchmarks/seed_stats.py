@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from harness.plugins.checks._stats import mde, sign_flip_test
 
 
