@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _checkout import ROOT, checkout, run_in
 
 CHILD = r"""
 import json, statistics, sys, time
@@ -33,20 +31,8 @@ print(json.dumps(out))
 """
 
 
-def checkout(commit: str) -> Path:
-    path = Path(f"/tmp/h-{commit}")
-    if not path.exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(path), commit], check=True)
-    link = path / "harness" / "plugins"
-    if not link.exists():  # the editable install maps harness.plugins to this checkout; point the old one at its own
-        link.symlink_to("../plugins")
-    return path
-
-
 def measure(tree: Path, repeat: int) -> dict:
-    env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(repeat)], cwd=tree, env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(run_in(tree, CHILD, str(repeat)))
 
 
 def main() -> int:
