@@ -20,7 +20,7 @@ ratios, steadier when other jobs come and go):
 (b) equal work, 6c28a94's protocol: the old harness on its suite file, and today's harness on a copy of that file
     with the old protocol pinned. The copy is needed: today's harness accepts the old file as written but fills
     in today's defaults for the keys it does not set (``mode = "per_dataset"``, ``select = "dev"``,
-    ``dev_fraction = 0.2``, ``patience = 3``, ``hard_negatives = 1``, ``positives = "one_per_query"``,
+    ``dev_fraction = 0.2``, ``patience = 8``, ``hard_negatives = 1``, ``positives = "one_per_query"``,
     ``weight_decay = 0.01``), so it would run a different protocol. The copy adds ``mode = "pooled"``,
     ``select = "last"``, ``dev_fraction = 0.0``, ``patience = 0``, ``hard_negatives = 0``, ``positives = "all"``,
     ``weight_decay = 0.0`` to ``[train]`` and ``baselines_dir`` (the old checkout's baselines); nothing else.
