@@ -113,7 +113,7 @@ def to_dict(report) -> dict:
                 "details": {} if r is None else r.details, "expected_reason": o.expected_reason, "error": o.error,
                 "note": getattr(o, "note", ""),
                 "per_seed": {str(sd): {"outcome": x.outcome, "measured": None if x.result is None else x.result.measured,
-                                       "message": x.message}
+                                       "message": x.message, "note": x.note}
                              for sd, x in (getattr(c, "per_seed", {}) or {}).get(name, {}).items()},
             }
         entry["ndcg10_by_seed"] = seed_spread(c)

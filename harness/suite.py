@@ -47,6 +47,7 @@ from harness.config import ConfigError, TrainConfig  # noqa: E402
 from harness.files import read_utf8  # noqa: E402
 from harness.registry import components
 from harness.suite_keys import CANDIDATE_KEYS, SUITE_KEYS, TRAIN_KEYS  # noqa: E402  (the vocabulary)
+from harness.types import CheckTraits  # noqa: E402
 
 SUPPORTED_VERSIONS = (1,)
 
@@ -324,6 +325,10 @@ def load_suite(path: str | Path) -> Suite:
                 ctx.unknown(f"{where}.expect_fail.{check}.", reason, {"reason": "why", "strict": "false: caught on some seeds"})
                 strict = ctx.expect(f"{where}.expect_fail.{check}.strict", reason.get("strict", True), bool, "true or false")
                 if not strict:
+                    if CheckTraits.of(known_checks[check].factory).seeds == "pooled":
+                        raise ctx.fail(f"{where}.expect_fail.{check}.strict",
+                                       f"check {check!r} is judged once, on the seeds pooled, so it cannot be caught on "
+                                       f"some seeds only; declare it strict (a string reason) or not at all")
                     nonstrict.add(check)
                 reason = reason.get("reason", "")
                 xf[check] = reason

@@ -78,6 +78,9 @@ def test_train_config_is_accepted_by_the_trainer(tmp_path):
         (lambda t: t.replace("[[candidates]]", "[[candidates]]\nhead_options = { nope = 1 }"), "head_options", "no option 'nope'"),
         (lambda t: t.replace('name = "identity"', 'name = ".."'), "candidates[0].name", "not only dots"),
         (lambda t: t.replace('epochs = 1', 'epochs = 1\nlr = 1e20'), "train.lr", "<= 10"),
+        (lambda t: t.replace("[checks.finite]", "[checks.finite]\n[checks.beats_baseline]").replace(
+            'expect_fail = ["bounded_norms"]', '[candidates.expect_fail]\nbeats_baseline = { reason = "x", strict = false }'),
+         "candidates[0] (identity).expect_fail.beats_baseline.strict", "judged once, on the seeds pooled"),
     ],
 )
 def test_bad_suites_name_file_key_and_choices(tmp_path, edit, key, expected):
@@ -93,3 +96,10 @@ def test_not_toml_and_missing_file(tmp_path):
         load_suite(write(tmp_path, "version = = 1"))
     with pytest.raises(SuiteError, match="suite file not found"):
         load_suite(tmp_path / "nope.toml")
+
+
+def test_a_non_strict_expected_failure_is_recorded(tmp_path):
+    text = MINIMAL.replace('expect_fail = ["bounded_norms"]',
+                           '[candidates.expect_fail]\nbounded_norms = { reason = "seeds 6 and 7 of 10", strict = false }')
+    spec = load_suite(write(tmp_path, text)).candidate("identity")
+    assert spec.expect_fail == {"bounded_norms": "seeds 6 and 7 of 10"} and spec.nonstrict == {"bounded_norms"}
