@@ -39,16 +39,16 @@ def fast(session):
 
 @nox.session
 def smoke(session):
-    """Gate the smoke suite (MiniLM, CPU, minutes)."""
+    """Gate the smoke suite (MiniLM, CPU, minutes; candidates x seeds trained in a process per core)."""
     install(session)
-    session.run("harness", "run", "suites/smoke.toml", *session.posargs)
+    session.run("harness", "run", "suites/smoke.toml", "--workers", "auto", *session.posargs)
 
 
 @nox.session(default=False)
 def gpu_suite(session):
     """Gate every seed candidate on MPNet, SciFact + NFCorpus (needs a CUDA GPU)."""
     install(session)
-    session.run("harness", "run", "suites/gpu_suite.toml", "--require-gpu", *session.posargs)
+    session.run("harness", "run", "suites/gpu_suite.toml", "--require-gpu", "--workers", "auto", *session.posargs)
 
 
 @nox.session(default=False)
@@ -81,6 +81,7 @@ def bench(session):
     e.g. `nox -s bench -- encoder_vs_st`. zoo_speed needs a checkout of 6c28a94: $HARNESS_OLD_CHECKOUT, default
     /tmp/h6c, made with `git worktree add` when missing. Not run: benchmarks/phase_times.py, flap_study.py,
     seed_stats.py and plot_speed.py read reports of earlier gate runs; patience_study.py trains (minutes);
+    workers_speed.py runs the smoke gate serially and with --workers auto (~16 min on 2 cores);
     cache_speed.py and encode_speed.py encode (minutes)."""
     unknown = [b for b in session.posargs if b not in BENCHMARKS]
     if unknown:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from harness.runner import SeededGate
 
 BACKENDS = ("local", "ray")
+# tiny heads leave a GPU mostly idle: 4 processes on one H100 gated the smoke suite's 30 heads in 97 s, the serial
+# run 10 of them in 79 s (docs/performance.md); more per GPU was not measured
+PER_GPU = 4
 RAY_MISSING = "--backend ray needs ray: pip install 'retrieval-harness[ray]'"
 
 Trained = tuple[Any, Any, str, float]  # run, result, train_error, train_seconds: what the checks read
@@ -32,6 +35,23 @@ Jobs = dict[tuple[str, int], "Future[Trained]"]  # (candidate, seed) -> its trai
 def fans_out(backend: str, workers: int) -> bool:
     """Whether training leaves this process (otherwise each candidate trains on its first check, serially)."""
     return backend == "ray" or workers > 1
+
+
+def resolve_workers(workers: int | str, backend: str, jobs: int, device: str | None = None, threads: int | None = 1) -> int:
+    """``--workers auto``: a process per core this process may use, divided by the threads each job trains with
+    (the suite's ``threads``, 1 by default); on CUDA also at most ``PER_GPU`` per GPU; never more than the jobs,
+    never under 1. With ``--backend ray`` auto is Ray's own default: every core of the instance. A number is kept."""
+    if workers != "auto":
+        return int(workers)
+    if backend == "ray":
+        return 1
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    slots = cores // threads if threads else 1  # threads None: each job takes every core
+    if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
+        slots = min(slots, PER_GPU * max(torch.cuda.device_count(), 1))
+    return max(1, min(slots, jobs))
 
 
 def require(backend: str, workers: int = 1, address: str | None = None) -> None:
@@ -90,7 +110,7 @@ def train_job(cg: CandidateGate, gpu: int | None = None) -> Trained:
     """In a worker: train one candidate on one seed (writing its run folder) and hand back what checks read."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    cg.progress = False
+    cg.progress = "lines" if cg.progress else "off"  # plain lines naming the candidate: bars of parallel workers would clash
     cg.train()
     return cg.candidate.run, cg.candidate.result, cg.train_error, cg.train_seconds
 

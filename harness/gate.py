@@ -23,7 +23,7 @@ from typing import Any, Callable
 from harness.baselines import BaselineError, load_verified
 from harness.registry import get
 from harness.suite import CandidateSpec, Suite
-from harness.train import TrainConfig, train
+from harness.train import Progress, TrainConfig, train
 from harness.types import CheckResult, CheckTraits
 
 GATING = ("fail", "xpass", "error")
@@ -216,7 +216,7 @@ class CandidateGate:
 
     def __init__(self, suite: Suite, spec: CandidateSpec, store: BaselineStore, seed: int | None = None,
                  out_dir: str | Path | None = None, data_dir: str | None = None, device: str | None = None,
-                 progress: bool = True, regenerate: bool = False):
+                 progress: Progress = True, regenerate: bool = False):
         self.suite = suite
         self.spec = spec
         self.config = suite.train_config(spec, seed=seed, data_dir=data_dir)
@@ -244,7 +244,8 @@ class CandidateGate:
             start = time.perf_counter()
             try:
                 config = TrainConfig.from_dict(self.config)
-                self.candidate.result = train(config, out_dir=self.run_dir, progress=self.progress)
+                self.candidate.result = train(config, out_dir=self.run_dir, progress=self.progress,
+                                              label=f"training {self.spec.name} (seed {config.seed})")
                 self.candidate.run = self.candidate.result.merged()
             except Exception as exc:  # recorded against every trained check; the gate goes red
                 self.train_error = f"training {self.spec.name!r} failed: {type(exc).__name__}: {exc}"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from harness import cli, hookimpl
@@ -63,7 +62,7 @@ def cmd_run(args) -> int:
                 suite.candidate(name)  # an unknown name: exit 2 naming the candidates, before anything is written
         report = run_suite(
             suite, seed=args.seed, candidates=args.candidate, out_dir=out_dir, require_gpu_=args.require_gpu,
-            data_dir=args.data_dir, device=args.device, progress=not args.no_progress and sys.stderr.isatty(),
+            data_dir=args.data_dir, device=args.device, progress=not args.no_progress,
             on_outcome=None if args.json else on_outcome, on_candidate=on_candidate, regenerate=args.regenerate,
             seeds=args.seeds, workers=args.workers, backend=args.backend, address=args.address,
         )
@@ -173,7 +172,7 @@ def _accept(args) -> int:
         return EXIT_ERROR
     suite = load_suite_file(args.suite)
     result = accept(suite, args.candidate[0], seeds=args.seeds, data_dir=args.data_dir, device=args.device,
-                    progress=sys.stderr.isatty(), baselines_dir=args.baselines_dir)
+                    progress=True, baselines_dir=args.baselines_dir)
     if result.refused:
         for line in result.refused:
             cli.say("refused:", "bold red", line)
@@ -214,7 +213,7 @@ def add_parser(sub) -> None:
                      "complete run, or an INCOMPLETE marker while a run is unfinished; never an older report beside "
                      "newer runs."),
         epilog="examples:\n  harness run suites/smoke.toml\n  harness run suites/smoke.toml --seeds 0,1,2 --candidate adapter,asym-dot\n"
-               "  harness run suites/smoke.toml --workers 2            # candidates x seeds trained in 2 processes\n"
+               "  harness run suites/smoke.toml --workers auto         # candidates x seeds trained in a process per core\n"
                "  harness run suites/smoke.toml --backend ray --address auto   # a Ray task each, on a running cluster\n"
                "  pytest -n 2 --dist loadgroup suites/smoke.toml       # pytest-xdist: each candidate on one worker\n"
                "  harness validate suites/smoke.toml   # check everything, train nothing",
@@ -224,10 +223,11 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="one training seed for every candidate (overrides the suite's seeds)")
     p.add_argument("--seeds", type=_seeds, help="training seeds, comma-separated: each candidate is trained and judged on "
                    "each (overrides the suite's `seeds`; docs/gate.md: the seed rule)")
-    p.add_argument("--workers", type=_workers, default=1, metavar="N",
+    p.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
                    help="train candidates x seeds in N processes (one GPU each, round robin, where there are several); "
-                        "with --backend ray, the CPUs of the Ray instance started here (default 1: serial; with ray, "
-                        "every core). Checks run in this process: the report is the serial run's")
+                        "auto = a process per core (at most 4 per GPU on CUDA), at most one per candidate x seed; with --backend "
+                        "ray, the CPUs of the Ray instance started here (default 1: serial; with ray, every core). "
+                        "Checks run in this process: the report is the serial run's")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="where training fans out: local = this machine's processes (--workers); ray = a Ray task per "
                         "candidate x seed (one GPU each where the cluster has GPUs, else one CPU), on a Ray instance started "
@@ -244,7 +244,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", help="torch device for training (default: the suite's, else cuda if available)")
     p.add_argument("--data-dir", help="folder holding BEIR datasets (default: $HARNESS_DATA_DIR)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress: neither bars (a terminal) nor the line every $HARNESS_PROGRESS_INTERVAL s (15) a log gets")
     p.add_argument("--github-summary", action=argparse_bool(), default=True,
                    help="append summary.md to $GITHUB_STEP_SUMMARY when it is set (default on; --no-github-summary)")
     p.set_defaults(func=cmd_run)
@@ -275,13 +276,15 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_baselines)
 
 
-def _workers(text: str) -> int:
+def _workers(text: str) -> int | str:
     import argparse
 
+    if text == "auto":
+        return text
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of processes, e.g. 2") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of processes, e.g. 2, or auto") from None
     if not 1 <= n <= 256:
         raise argparse.ArgumentTypeError(f"{text!r}: expected between 1 and 256 processes")
     return n

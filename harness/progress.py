@@ -93,7 +93,8 @@ class PlainProgress:
         if self.total:
             how_far += f" ({100 * self.n / self.total:.0f}%)"
         rate = self.n / elapsed if elapsed > 0 else 0.0
-        speed = "none done yet" if not self.n else f"{rate:.1f}{unit}/s" if rate >= 0.1 else f"{elapsed / self.n:.1f} s per{unit or ' item'}"
+        one = self.unit[:-1] if self.unit.endswith("s") else (self.unit or "item")  # "s per epoch", not "per epochs"
+        speed = "none done yet" if not self.n else f"{rate:.1f}{unit}/s" if rate >= 0.1 else f"{elapsed / self.n:.1f} s per {one}"
         if done is True:
             return f"{self.description}: done, {how_far} in {_duration(elapsed)}, {speed}"
         if done is False:
@@ -106,7 +107,9 @@ class PlainProgress:
             text = self.line(done)
             self.last = self.clock()
             self.printed += 1
-            print(text, file=self.stream or sys.stderr, flush=True)
+            stream = self.stream or sys.stderr
+            stream.write(text + "\n")  # one write: lines from parallel worker processes do not interleave
+            stream.flush()
 
 
 @contextmanager

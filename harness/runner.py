@@ -201,17 +201,22 @@ def run_suite(suite: Suite, seed: int | None = None, candidates: list[str] | Non
               require_gpu_: bool = False, data_dir: str | None = None, device: str | None = None, progress: bool = True,
               on_outcome: Callable[[str, Outcome], None] | None = None,
               on_candidate: Callable[[CandidateSpec], None] | None = None, regenerate: bool = False,
-              seeds: list[int] | None = None, workers: int = 1, backend: str = "local",
+              seeds: list[int] | None = None, workers: int | str = 1, backend: str = "local",
               address: str | None = None) -> GateReport:
     """Gate every (selected) candidate of ``suite``. Raises ``GateError``/``BaselineError`` before training
     when the run cannot be meaningful; check failures are outcomes, not exceptions. ``workers > 1`` trains the
     candidates x seeds in that many processes, ``backend="ray"`` as Ray tasks (on a local instance, or on the
     cluster at ``address``); the checks run here either way, so every number equals the serial run's
-    (``harness.fanout``)."""
+    (``harness.fanout``). ``workers="auto"``: a process per core (at most 4 per GPU), at most one per job."""
     import torch
 
     from harness import fanout
 
+    seeds_used = list(seeds) if seeds else ([seed] if seed is not None else list(suite.seeds or [suite.seed]))
+    specs = select(suite, candidates)
+    threads = [suite.train_config(spec).get("threads", 1) for spec in specs]  # each job's torch threads
+    workers = fanout.resolve_workers(workers, backend, len(specs) * len(seeds_used), device or suite.device,
+                                     None if None in threads else max(threads, default=1))
     fanout.require(backend, workers, address)  # e.g. no ray installed: one line, before anything is written
 
     if require_gpu_:
@@ -223,8 +228,6 @@ def run_suite(suite: Suite, seed: int | None = None, candidates: list[str] | Non
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     t0 = time.perf_counter()
     store = BaselineStore(cast(Path, suite.baselines_dir), data_dir)  # load_suite always sets it
-    specs = select(suite, candidates)
-    seeds_used = list(seeds) if seeds else ([seed] if seed is not None else list(suite.seeds or [suite.seed]))
     verify_baselines(suite, store, seed, data_dir, specs)
     reports = []
     gates = {spec.name: SeededGate(suite, spec, store, seeds_used, out_dir, data_dir, device, progress, regenerate)

@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, Union
 
 import torch
 
@@ -40,7 +40,7 @@ from harness.measure import (  # noqa: F401
     probe,
     step_sample,
 )
-from harness.progress import progress_bar
+from harness.progress import PlainProgress, default_interval, progress_bar, stderr
 from harness.protocol import Unit, build_unit, load_pairs, units  # noqa: F401  (load_pairs: re-exported)
 from harness.types import EpochRecord, Head, TrainResult, TrainRun
 
@@ -81,24 +81,75 @@ def load_head(path: str | Path, device: str = "cpu") -> Head:
     return head.to(device).eval()
 
 
-def train(config: TrainConfig | dict, out_dir: Path | None = None, progress: bool = True,
-          on_epoch: Callable[[str, EpochRecord], None] | None = None) -> TrainResult:
+Progress = Union[bool, Literal["auto", "lines", "off"]]
+
+
+def train(config: TrainConfig | dict, out_dir: Path | None = None, progress: Progress = True,
+          on_epoch: Callable[[str, EpochRecord], None] | None = None, label: str | None = None) -> TrainResult:
     """Train every unit of ``config``; with ``out_dir``, each unit writes ``<out_dir>/<unit>/telemetry.json``,
-    ``head.safetensors`` (the selected epoch) and ``head_last.safetensors``."""
+    ``head.safetensors`` (the selected epoch) and ``head_last.safetensors``.
+
+    ``progress``: ``"auto"`` (or ``True``) shows a bar per epoch on a terminal and, elsewhere (a CI log), a line
+    every ``$HARNESS_PROGRESS_INTERVAL`` seconds (15) over the whole run's epochs, starting with ``label``;
+    ``"lines"`` those lines even on a terminal (training in a worker process); ``"off"`` (or ``False``) nothing."""
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     config = copy.deepcopy(config)
     config.validate()
     check_components(config.head, config.head_options, {**((config.pretrain or {}).get("losses") or {}), **(config.losses or {})})
     threads = torch.get_num_threads()
+    mode = {True: "auto", False: "off"}.get(progress, progress) if isinstance(progress, bool) else progress
+    if mode not in ("auto", "lines", "off"):
+        raise ValueError(f"train: progress {progress!r} is not one of auto, lines, off (or True/False)")
+    bars = mode == "auto" and stderr.is_terminal
+    todo = units(config)
     try:
-        runs = {}
-        for unit in units(config):
-            unit_dir = Path(out_dir) / unit.name if out_dir is not None else None
-            runs[unit.name] = train_unit(config, unit, unit_dir, progress, on_epoch)
+        with _Lines(label or f"training {config.head} (seed {config.seed})", _epoch_budget(config, todo),
+                    on=mode == "lines" or (mode == "auto" and not stderr.is_terminal)) as lines:
+            runs = {}
+            for unit in todo:
+                unit_dir = Path(out_dir) / unit.name if out_dir is not None else None
+                runs[unit.name] = train_unit(config, unit, unit_dir, bars, on_epoch, lines)
         return TrainResult(config.mode, runs)
     finally:
         torch.set_num_threads(threads)
+
+
+def _epochs_per_trial(config: TrainConfig) -> int:
+    return (int(config.pretrain["epochs"]) if config.pretrain else 0) + config.epochs
+
+
+def _epoch_budget(config: TrainConfig, todo: list[Unit]) -> int:
+    """Every epoch the run may train: units x learning rates x (pretraining + training) epochs."""
+    return len(todo) * len(config.lrs) * _epochs_per_trial(config)
+
+
+class _Lines:
+    """A training run's plain progress lines (off a terminal): epochs done of the run's budget, where it is now.
+    A trial that stops early (patience, a non-finite step, an untrainable head) counts its skipped epochs at once,
+    so the time left assumes the rest trains every epoch: early stopping ends sooner."""
+
+    def __init__(self, label: str, total: int, on: bool):
+        self.label = label
+        self.lines = PlainProgress(label, total, default_interval(), unit="epochs") if on and total else None
+
+    def __enter__(self) -> "_Lines":
+        if self.lines is not None:
+            self.lines.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> Literal[False]:
+        if self.lines is not None:
+            self.lines.description = self.label
+            self.lines.__exit__(*exc)
+        return False
+
+    def at(self, where: str, epochs: int = 0) -> None:
+        """Now at ``where``; ``epochs`` more of the budget are done (trained or skipped)."""
+        if self.lines is not None:
+            self.lines.description = f"{self.label}, {where}"
+            if epochs:
+                self.lines.advance(epochs)
 
 
 @dataclass
@@ -121,8 +172,11 @@ def _mean(d: dict[str, float]) -> float:
 
 
 def train_unit(config: TrainConfig, unit: Unit, out_dir: Path | None = None, progress: bool = True,
-               on_epoch: Callable[[str, EpochRecord], None] | None = None) -> TrainRun:
-    """Train one unit's head for each learning rate and keep the trial and epoch the protocol selects."""
+               on_epoch: Callable[[str, EpochRecord], None] | None = None, lines: _Lines | None = None) -> TrainRun:
+    """Train one unit's head for each learning rate and keep the trial and epoch the protocol selects
+    (``progress``: a bar per epoch; ``lines``: the run's plain progress lines)."""
+    lines = lines or _Lines("", 0, on=False)
+    lines.at(f"{unit.name}: loading")
     device = _device(config)
     gen = torch.Generator().manual_seed(config.seed)
     clock = {"load": 0.0, "train_steps": 0.0, "evaluate": 0.0}  # wall seconds by phase, in protocol["seconds"]
@@ -151,7 +205,7 @@ def train_unit(config: TrainConfig, unit: Unit, out_dir: Path | None = None, pro
     trials: list[_Trial] = []
     chosen: _Trial | None = None
     for lr in config.lrs:
-        trial = _trial(config, unit, lr, tset, devs, sets, dim, device, progress, on_epoch, clock, full=not lean)
+        trial = _trial(config, unit, lr, tset, devs, sets, dim, device, progress, on_epoch, clock, full=not lean, lines=lines)
         trials.append(trial)
         if chosen is None or ((config.select == "dev" or devs) and key(trial) > key(chosen)):  # ties: the grid's order
             if chosen is not None:
@@ -161,6 +215,7 @@ def train_unit(config: TrainConfig, unit: Unit, out_dir: Path | None = None, pro
             trial.states = {}
     assert chosen is not None
     if lean:
+        lines.at(f"{unit.name}: measuring the chosen trial (lr {chosen.lr:g})")
         _complete(config, unit, chosen, tset, devs, sets, dim, device, on_epoch, clock)
     selected = chosen.best_epoch if config.select == "dev" else chosen.epochs[-1].epoch
     unit_config = {**config.to_dict(), "train": list(unit.train), "eval": list(unit.eval), "lr": chosen.lr,
@@ -270,12 +325,14 @@ def _complete(config: TrainConfig, unit: Unit, trial: _Trial, tset, devs, sets, 
 
 
 def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: int, device: torch.device, progress: bool,
-           on_epoch, clock: dict[str, float], full: bool = True) -> _Trial:
+           on_epoch, clock: dict[str, float], full: bool = True, lines: _Lines | None = None) -> _Trial:
     """One learning rate's training. ``full``: every epoch's full telemetry; else dev NDCG@10 and the weights
     per epoch (``_complete`` measures the rest if the trial is chosen)."""
     head, trainable, loss_specs, stages, losses, gen, probe_idx = _setup(config, lr, dim, device, tset)
     params = [p for p in head.parameters() if p.requires_grad]
     states: dict[int, tuple[dict, dict]] = {}
+    lines = lines or _Lines("", 0, on=False)
+    budget = sum(n for _, _, n, _ in stages)
 
     def record(epoch: int, stage: dict[str, dict], steps: list[dict], trace: dict[str, list[float]]) -> EpochRecord:
         t0 = time.perf_counter()
@@ -360,6 +417,7 @@ def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: in
             rec = record(epoch, stage, steps, trace)
             rec.seconds = time.perf_counter() - start
             epochs.append(rec)
+            lines.at(f"{unit.name} lr {lr:g}: epoch {epoch}/{budget}", 1)
             last_good = kept(epoch)
             dev = _mean(rec.dev_ndcg10)
             if dev > best_dev:
@@ -368,6 +426,10 @@ def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: in
                     and epoch - max(best_epoch, _stage_start(stages, stage_name)) >= config.patience):
                 early = True
                 break
+    # the epochs this trial did not train (early stopping, a non-finite step, an untrainable head) are done too
+    trained = len(epochs) - 1 - (1 if stopped else 0)  # each already counted; a stopped epoch's partial record is not
+    lines.at(f"{unit.name} lr {lr:g}: stopped at epoch {epoch}/{budget}" if epoch < budget else f"{unit.name} lr {lr:g}: done",
+             _epochs_per_trial(config) - trained)
     return _Trial(lr, epochs, best_epoch, best_dev, best_state, snapshot(), head.similarity, stopped, early, loss_specs, states)
 
 

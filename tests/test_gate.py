@@ -176,16 +176,36 @@ def test_suites_are_collected_only_when_asked(tmp_path, baselines):
     assert "tiny.toml::identity::finite" in asked.stdout, asked.stdout + asked.stderr
 
 
-def test_workers_give_the_serial_run_s_numbers(tmp_path, baselines, data_dir):
-    """`harness run --workers 2` trains candidates x seeds in two processes; outcomes and numbers equal serial."""
+def test_workers_give_the_serial_run_s_numbers(tmp_path, baselines, data_dir, monkeypatch, capfd):
+    """`harness run --workers 2` trains candidates x seeds in two processes; outcomes and numbers equal serial.
+    Each worker says how its training goes, in lines naming candidate and seed (a CI log is never silent)."""
+    monkeypatch.setenv("HARNESS_PROGRESS_INTERVAL", "0")  # a line per epoch; spawned workers inherit it
     text = SUITE.replace('datasets = ["scifact"]\nbaselines_dir', 'datasets = ["scifact"]\nseeds = [0, 1]\nbaselines_dir')
     path = suite_file(tmp_path / "suites", baselines, text)
     reports = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
         assert main(["run", str(path), "--out", str(out), "--workers", str(workers), "--no-github-summary"]) == 0
+        err = capfd.readouterr().err
+        assert "training asym-dot (seed 1): done, " in err, err
         report = json.loads((out / "report.json").read_text())
         reports[workers] = {c["name"]: ({k: (v["outcome"], {s: x["measured"] for s, x in v["per_seed"].items()})
                                          for k, v in c["checks"].items()}, c["ndcg10_by_seed"]) for c in report["candidates"]}
         assert (out / "seed-1" / "runs" / "asym-dot" / "scifact" / "telemetry.json").is_file()
     assert reports[2] == reports[1]
+
+
+def test_workers_auto_is_a_process_per_core_at_most_one_per_job(monkeypatch):
+    """`--workers auto`: cores / threads per job on CPU, capped by the jobs; Ray keeps its own default."""
+    from harness.fanout import resolve_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert resolve_workers("auto", "local", jobs=15, device="cpu") == 4
+    assert resolve_workers("auto", "local", jobs=3, device="cpu") == 3
+    assert resolve_workers("auto", "local", jobs=15, device="cpu", threads=2) == 2
+    assert resolve_workers("auto", "local", jobs=15, device="cpu", threads=None) == 1  # a job on every core
+    assert resolve_workers("auto", "ray", jobs=15, device="cpu") == 1  # Ray's instance: every core
+    assert resolve_workers(3, "local", jobs=1, device="cpu") == 3
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert resolve_workers("auto", "local", jobs=15, device="cuda") == 4  # at most 4 per GPU

@@ -159,6 +159,22 @@ def test_pretraining_stage_comes_first_and_starts_from_the_frozen_encoder():
     assert run.epochs[2].loss["total"] == pytest.approx(run.epochs[2].loss["infonce_cos"])  # ranking stage
 
 
+@pytest.mark.data
+def test_training_off_a_terminal_prints_lines_over_the_whole_run(monkeypatch, capsys):
+    """A CI log hears from a long training run: lines name the unit, lr and epoch, and count every epoch of the
+    run's budget (units x lrs x epochs); epochs that early stopping skips count at once, so the run ends at 100%."""
+    monkeypatch.setenv("HARNESS_PROGRESS_INTERVAL", "0")  # a line at every epoch (pytest's stderr is no terminal)
+    config = TrainConfig(head="asymmetric", head_options={"similarity": "cos"}, losses={"infonce_cos": {"weight": 1.0}},
+                         epochs=6, lr_grid=[1e-4, 1.0], **{**SMALL, "select": "dev", "patience": 1, "dev_fraction": 0.2})
+    result = train_units(config, label="training probe (seed 0)")
+    err = capsys.readouterr().err.splitlines()
+    epochs_run = [t["epochs_run"] for t in result.units["scifact"].protocol["trials"]]
+    assert min(epochs_run) < 6, epochs_run  # lr 1.0 overshoots: early stopping skips epochs
+    assert any(line.startswith("training probe (seed 0), scifact lr 0.0001: epoch 1/6: 1/12 epochs (8%)") for line in err), err
+    assert err[-1].startswith("training probe (seed 0): done, 12/12 epochs (100%) in "), (epochs_run, err)
+    assert train_units(config, progress="off") and not capsys.readouterr().err  # off: silent
+
+
 def test_config_errors_name_the_key_and_the_choices():
     with pytest.raises(ValueError, match=r"unknown key 'epoch'.*Did you mean 'epochs'.*Valid keys: encoder, head"):
         TrainConfig.from_dict({"head": "respred", "epoch": 3})
