@@ -21,12 +21,14 @@ PATIENCES = (3, 5, 8, 10, 0)
 
 def replay(curve: list[float], patience: int) -> tuple[int, float, int]:
     """(kept epoch, its dev NDCG@10, epochs trained) had the trial stopped after ``patience`` epochs without a
-    better dev NDCG@10 (0: never), as harness/train.py does."""
+    better dev NDCG@10 (0: never), by harness/train.py's own rule."""
+    from harness.train import patience_ran_out
+
     best = 0
     for epoch in range(1, len(curve)):
         if curve[epoch] > curve[best]:
             best = epoch
-        if patience and epoch - best >= patience:
+        if patience_ran_out(epoch, best, patience):
             return best, curve[best], epoch
     return best, curve[best], len(curve) - 1
 

@@ -422,8 +422,8 @@ def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: in
             dev = _mean(rec.dev_ndcg10)
             if dev > best_dev:
                 best_dev, best_epoch, best_state = dev, epoch, last_good
-            if (config.select == "dev" and stage_name == "train" and config.patience
-                    and epoch - max(best_epoch, _stage_start(stages, stage_name)) >= config.patience):
+            if (config.select == "dev" and stage_name == "train"
+                    and patience_ran_out(epoch, best_epoch, config.patience, _stage_start(stages, stage_name))):
                 early = True
                 break
     # the epochs this trial did not train (early stopping, a non-finite step, an untrainable head) are done too
@@ -431,6 +431,12 @@ def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: in
     lines.at(f"{unit.name} lr {lr:g}: stopped at epoch {epoch}/{budget}" if epoch < budget else f"{unit.name} lr {lr:g}: done",
              _epochs_per_trial(config) - trained)
     return _Trial(lr, epochs, best_epoch, best_dev, best_state, snapshot(), head.similarity, stopped, early, loss_specs, states)
+
+
+def patience_ran_out(epoch: int, best_epoch: int, patience: int, start: int = 0) -> bool:
+    """Early stopping's rule: ``patience`` epochs (0: never stop) have passed since the best dev epoch, or since
+    ``start`` (the epoch before the training stage: pretraining cannot use the patience up)."""
+    return bool(patience) and epoch - max(best_epoch, start) >= patience
 
 
 def _stage_start(stages, name: str) -> int:
