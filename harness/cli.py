@@ -66,7 +66,18 @@ def say(prefix: str, style: str, message: object, console: Console | None = None
 
 
 def error(message: object) -> None:
+    """``error: message`` on one line; given the exception being handled, its traceback first when
+    ``$HARNESS_TRACEBACK`` is set (every command's exit-2 path comes through here or ``main``)."""
+    if isinstance(message, BaseException):
+        print_traceback(message)
     say("error:", "bold red", message)
+
+
+def print_traceback(exc: BaseException) -> None:
+    if os.environ.get("HARNESS_TRACEBACK"):
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
 class Terminated(BaseException):
@@ -168,7 +179,8 @@ def cmd_eval(args) -> int:
 def cmd_plugins(args) -> int:
     from harness.registry import components
 
-    rows = [(kind, c) for kind in (args.kind or KINDS) for c in components(kind).values()]
+    kinds = [k if k in KINDS or f"{k}s" not in KINDS else f"{k}s" for k in (args.kind or KINDS)]  # "head" = "heads"
+    rows = [(kind, c) for kind in kinds for c in components(kind).values()]
     if args.json:
         print(json.dumps([{"kind": k, "name": c.name, "plugin": c.plugin, "summary": c.summary} for k, c in rows], indent=2))
         return 0
@@ -203,8 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("plugins", help="list every registered component and the plugin that provides it")
-    p.add_argument("--kind", type=_csv, help=f"only these kinds ({', '.join(KINDS)})")
+    p = sub.add_parser("plugins", help="list every registered component and the plugin that provides it",
+                       description="List every registered encoder, dataset, head, loss and check with the plugin that "
+                                   "provides it (built-ins are plugins too; installed packages join through the "
+                                   "'retrieval_harness' entry-point group, docs/adding-a-head.md).",
+                       epilog="examples:\n  harness plugins\n  harness plugins --kind heads,losses\n"
+                              "  harness plugins --kind checks --json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kind", type=_csv, help=f"only these kinds ({', '.join(KINDS)}; head = heads)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_plugins)
 
@@ -224,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()  # loads the plugins: a broken one is reported like any plugin error
     except PluginError as exc:
+        print_traceback(exc)
         say("plugin error:", "bold red", str(exc))
         return EXIT_ERROR
     args = parser.parse_args(argv)
@@ -244,10 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             message = _message(exc)
             if message is None:
                 raise
-            if os.environ.get("HARNESS_TRACEBACK"):
-                import traceback
-
-                traceback.print_exc()
+            print_traceback(exc)
             if isinstance(exc, PluginError):
                 say("plugin error:", "bold red", message)
             else:
@@ -263,7 +279,9 @@ def _message(exc: Exception) -> str | None:
         return f"cannot read a file: not UTF-8 (byte offset {exc.start}: {exc.reason}); save it as UTF-8"
     if isinstance(exc, OSError) and exc.filename:
         hints: dict[int | None, str] = {13: "check its permissions", 30: "the file system is read-only: choose a writable folder",
-                                        28: "free some disk space", 2: "check the path"}
+                                        28: "free some disk space", 2: "check the path",
+                                        17: "a file is in the way of a folder: give a folder path (e.g. --out)",
+                                        20: "a part of the path is a file, not a folder: give a folder path"}
         what = hints.get(exc.errno, "check the path and its permissions")
         return f"{exc.filename}: {exc.strerror or type(exc).__name__}; {what}"
     return None

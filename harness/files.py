@@ -65,3 +65,22 @@ def read_utf8(path: Path, error: type[Exception]) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(not_utf8(path, exc, data)) from None
+
+
+def raised_at(exc: BaseException, extra: str = "") -> str:
+    """`` (raised at FILE:LINE in FUNC)``: the innermost frame of ``exc`` outside the harness's core and torch,
+    which is a plugin's own code when a head, loss or check raised (``extra`` is appended inside the brackets)."""
+    import traceback
+
+    core = Path(__file__).resolve().parent
+    frames = traceback.extract_tb(exc.__traceback__)
+
+    def ours(filename: str) -> bool:
+        path = Path(filename).resolve()
+        return path.is_relative_to(core) or "torch" in path.parts
+
+    outside = [f for f in frames if not ours(f.filename)] or list(frames)
+    if not outside:
+        return f" ({extra.lstrip('; ')})" if extra else ""
+    frame = outside[-1]
+    return f" (raised at {frame.filename}:{frame.lineno} in {frame.name}{extra})"

@@ -15,7 +15,6 @@ the run at once (``BaselineError``) instead of comparing unlike things.
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -248,10 +247,22 @@ class CandidateGate:
                                               label=f"training {self.spec.name} (seed {config.seed})")
                 self.candidate.run = self.candidate.result.merged()
             except Exception as exc:  # recorded against every trained check; the gate goes red
-                self.train_error = f"training {self.spec.name!r} failed: {type(exc).__name__}: {exc}"
-                self._traceback = traceback.format_exc()
+                self.train_error = f"training {self.spec.name!r} failed: {type(exc).__name__}: {exc}{self._raised_at(exc)}"
+                from harness.cli import print_traceback
+
+                print_traceback(exc)  # $HARNESS_TRACEBACK: the whole traceback, on stderr
             self.train_seconds = time.perf_counter() - start
         return self.candidate.run
+
+    def _raised_at(self, exc: BaseException) -> str:
+        """`` (raised at FILE:LINE in FUNC; head H of plugin P)``."""
+        from harness.files import raised_at
+
+        try:
+            plugin = f"; head {self.spec.head!r} of plugin {get('heads', self.spec.head).plugin!r}"
+        except Exception:
+            plugin = ""
+        return raised_at(exc, plugin)
 
     def check(self, name: str) -> Outcome:
         if name in self.outcomes:

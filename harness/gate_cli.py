@@ -172,7 +172,7 @@ def _accept(args) -> int:
         return EXIT_ERROR
     suite = load_suite_file(args.suite)
     result = accept(suite, args.candidate[0], seeds=args.seeds, data_dir=args.data_dir, device=args.device,
-                    progress=True, baselines_dir=args.baselines_dir)
+                    progress=not args.no_progress, baselines_dir=args.baselines_dir)
     if result.refused:
         for line in result.refused:
             cli.say("refused:", "bold red", line)
@@ -197,7 +197,8 @@ def cmd_validate(args) -> int:
         return EXIT_ERROR
     for line in lines:
         cli.say("", "", line, cli.console)
-    cli.say("ok:", "bold green", f"{args.suite} is valid: {len(suite.candidates)} candidates x {len(suite.checks)} checks on "
+    n, k = len(suite.candidates), len(suite.checks)
+    cli.say("ok:", "bold green", f"{args.suite} is valid: {n} candidate{'s' if n != 1 else ''} x {k} check{'s' if k != 1 else ''} on "
             f"seeds {', '.join(map(str, suite.seeds or [suite.seed]))}; nothing was trained", cli.console)
     return EXIT_PASS
 
@@ -266,10 +267,13 @@ def add_parser(sub) -> None:
                    "passes, store its regression baseline (<baselines>/candidates/<suite>/<candidate>.json)")
     p.add_argument("--candidate", type=cli._csv, help="the candidate to accept (with --suite)")
     p.add_argument("--seeds", type=_seeds, help="seeds to accept on (default: the suite's)")
+    p.add_argument("--no-progress", action="store_true", help="with --suite: no progress bars or lines while it trains")
     p.add_argument("--encoder", type=cli._csv, help="encoder name(s), comma-separated")
     p.add_argument("--dataset", type=cli._csv, help="dataset name(s), comma-separated")
     p.add_argument("--split", type=cli._csv, default=["test"], help="split(s), comma-separated (default test)")
-    p.add_argument("--baselines-dir", help="baseline folder (default $HARNESS_BASELINES_DIR, else ./baselines if it exists, else the harness's own)")
+    p.add_argument("--baselines-dir", help="baseline folder (default: with --suite its baselines_dir key, else "
+                   "$HARNESS_BASELINES_DIR, else ../baselines beside the suite; without: $HARNESS_BASELINES_DIR, else "
+                   "./baselines if it exists, else the harness's own)")
     p.add_argument("--data-dir", help="folder holding BEIR datasets (default: $HARNESS_DATA_DIR)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="encoder precision (part of the provenance)")
     p.add_argument("--device", help="torch device for encoding")
@@ -294,7 +298,7 @@ def _seeds(text: str) -> list[int]:
     import argparse
 
     try:
-        seeds = [int(v) for v in cli._csv(text)]
+        seeds = [int(v) for v in text.split(",")]  # not cli._csv: "0,,1" is a typo, not seeds 0 and 1
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers, e.g. 0,1,2") from None
     if not seeds or any(v < 0 for v in seeds) or len(set(seeds)) != len(seeds):

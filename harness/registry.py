@@ -172,17 +172,32 @@ def build_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:
     pm.add_hookspecs(hookspecs)
     for module_name in DEFAULT_PLUGINS:
         _register(pm, _builtin(module_name), module_name, "built-in")
-    for ep in _selected_entry_points():
+    selected = _selected_entry_points()
+    for ep in selected:
         origin = f"entry point {ep.name!r} of {ep.dist.name if ep.dist else 'an unknown distribution'}"
         try:
             module = ep.load()
         except Exception as exc:
-            raise PluginError(f"could not load plugin {ep.name!r} ({origin}, {ep.value}): {type(exc).__name__}: {exc}") from exc
+            others = ",".join(e.name for e in selected if e.name != ep.name)
+            raise PluginError(f"could not load plugin {ep.name!r} ({origin}, {ep.value}): {type(exc).__name__}: {exc}"
+                              f"{_where(exc)}; fix it, or run without it: {LOAD_ENV}={others}") from exc
         _register(pm, module, ep.name, origin)
     for plugin in extra_plugins:
         _register(pm, plugin, getattr(plugin, "__name__", repr(plugin)), "passed in")
     _check_pending(pm)
     return Registry(pm)
+
+
+def _where(exc: BaseException) -> str:
+    """`` at FILE:LINE``: where a plugin's import failed (the file with a syntax error, else the innermost frame
+    that is not Python's import machinery), or nothing."""
+    import traceback
+
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" at {exc.filename}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<") and "importlib" not in f.filename and f.filename != __file__]
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 def _builtin(module_name: str):

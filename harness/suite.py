@@ -137,7 +137,8 @@ class _Ctx:
 
     def fail(self, key: str, problem: str, choices=None) -> SuiteError:
         valid = f" Valid choices: {_choices(choices)}." if choices is not None else ""
-        return SuiteError(f"{self.path}: key {key!r}: {problem.rstrip('.')}.{valid}")
+        problem = problem if problem.endswith("?") else f"{problem.rstrip('.')}."  # "Did you mean 'x'?" ends a sentence
+        return SuiteError(f"{self.path}: key {key!r}: {problem}{valid}")
 
     def expect(self, key: str, value: Any, types: type | tuple, what: str) -> Any:
         if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):

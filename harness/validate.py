@@ -33,6 +33,7 @@ def validate(suite: Suite, data_dir: str | None = None) -> list[str]:
             for split in ({config.train_split} if dataset in config.train else set()) | ({config.eval_split} if dataset in config.eval else set()):
                 if split not in splits:
                     raise SuiteError(f"{where}: dataset {dataset!r} has no {split!r} split (it has {', '.join(splits)})")
+        _forward(head, dim, where, spec.head)
         params = sum(p.numel() for p in head.parameters() if p.requires_grad)
         lines.append(f"{spec.name}: head {spec.head} at width {dim} ({params:,} trainable parameters), "
                      f"losses {', '.join(config.all_losses()) or 'the head defaults'}, {config.mode}, select {config.select}, "
@@ -41,4 +42,48 @@ def validate(suite: Suite, data_dir: str | None = None) -> list[str]:
     verify_baselines(suite, store, seeds[0], data_dir)
     for b in store.used():
         lines.append(f"baseline {b['path']}: {b['encoder']} {b['dataset']}/{b['split']} NDCG@10 {b['ndcg10']:.4f}, provenance verified")
-    return lines
+    return lines + regression_warnings(suite, store.root, seeds)
+
+
+def _forward(head, dim: int, where: str, name: str) -> None:
+    """One forward pass of 8 random vectors at the encoder's width, in training and in eval mode: a head that
+    raises does so here, not minutes into a run."""
+    import torch
+
+    from harness.files import raised_at
+
+    gen = torch.Generator().manual_seed(0)
+    q, d = torch.randn(8, dim, generator=gen), torch.randn(8, dim, generator=gen)
+    for mode in ("training", "eval"):
+        head.train(mode == "training")
+        try:
+            with torch.no_grad():
+                head(q, d)
+        except Exception as exc:
+            raise SuiteError(f"{where}: head {name!r} raised on a forward pass ({mode} mode, 8 random {dim}-d vectors): "
+                             f"{type(exc).__name__}: {exc}{raised_at(exc)}") from exc
+
+
+def regression_warnings(suite: Suite, root: Path, seeds: list[int]) -> list[str]:
+    """``warning:`` lines for candidates that `harness run` will fail on no_regression: accepted candidates (no
+    expected beats_baseline failure) without a stored regression baseline for the suite's seeds."""
+    from harness.baselines import BaselineError
+    from harness.regression import candidate_path, create_command, load
+
+    out = []
+    for spec in suite.candidates:
+        if "no_regression" not in spec.checks or "beats_baseline" in spec.expect_fail:
+            continue
+        path = candidate_path(root, suite.name, spec.name)
+        try:
+            stored = load(path).seeds() if path.is_file() else []
+        except BaselineError as exc:
+            out.append(f"warning: {exc}")
+            continue
+        missing = [s for s in seeds if s not in stored]
+        if missing:
+            what = f"no regression baseline ({path} is missing)" if not stored else \
+                f"no regression baseline for seed{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} in {path}"
+            out.append(f"warning: candidate {spec.name!r} has {what}: `harness run` fails its no_regression until "
+                       f"`{create_command(suite.path, spec.name, sorted(set(stored) | set(seeds)) if stored else None)}`")
+    return out

@@ -48,3 +48,11 @@ def test_broken_entry_point_names_itself_and_its_package(site):
     message = " ".join(out.stderr.split())
     assert "could not load plugin 'sample_broken'" in message
     assert "harness-sample-plugin" in message and "ModuleNotFoundError" in message
+    assert message.endswith("fix it, or run without it: HARNESS_LOAD_PLUGINS="), message  # the other plugins: none here
+    assert "Traceback" not in out.stderr
+
+
+def test_traceback_on_request_for_a_plugin_that_does_not_load(site, monkeypatch):
+    monkeypatch.setenv("HARNESS_TRACEBACK", "1")
+    out = harness(site, "plugins", load="sample_broken")
+    assert out.returncode == 2 and "Traceback (most recent call last)" in out.stderr, out.stderr

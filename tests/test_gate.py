@@ -209,3 +209,14 @@ def test_workers_auto_is_a_process_per_core_at_most_one_per_job(monkeypatch):
     monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert resolve_workers("auto", "local", jobs=15, device="cuda") == 4  # at most 4 per GPU
+
+
+def test_validate_warns_about_a_missing_regression_baseline(tmp_path, baselines, capsys):
+    """An accepted candidate (no expected beats_baseline failure) without its regression baseline would fail
+    no_regression in `harness run`: validate says so, with the command that stores it, and still exits 0."""
+    text = SUITE + '[checks.no_regression]\n[[candidates]]\nname = "fresh"\nhead = "adapter"\n'
+    path = suite_file(tmp_path / "suites", baselines, text)
+    assert main(["validate", str(path)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "warning: candidate 'fresh' has no regression baseline (" in out, out
+    assert f"harness baselines update --suite {path} --candidate fresh" in out and "'identity' has" not in out, out

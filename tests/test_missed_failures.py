@@ -78,6 +78,15 @@ class LearnableScale(Head):
         return self.scale * d
 
 
+class RaisesInForward(LearnableScale):
+    """A head whose query encoder raises once it trains (the untrained epoch-0 evaluation runs in eval mode)."""
+
+    def encode_queries(self, q):
+        if self.training:
+            raise RuntimeError("boom in encode_queries")
+        return q
+
+
 @pytest.fixture
 def own_heads(monkeypatch):
     module = types.ModuleType("own_heads")
@@ -87,6 +96,7 @@ def own_heads(monkeypatch):
         register("nan_after", NanAfter)
         register("closed_gate", ClosedGate)
         register("learnable_scale", LearnableScale)
+        register("raises_in_forward", RaisesInForward)
 
     module.register_heads = register_heads
     sys.modules["own_heads"] = module
@@ -130,3 +140,42 @@ def test_steady_magnitude_growth_is_caught_before_the_ratio_bound(own_heads, dat
     verdict = judge("bounded_norms", run)  # the norm ratio alone (1.67x < 2x) would let it through at epoch 4
     assert not verdict.passed and verdict.epoch <= 4, (norms, verdict.message)
     assert "trend" in json.dumps(verdict.details), verdict.details  # the rising norms' fitted trend is reported
+
+
+def test_a_head_that_raises_is_named_with_its_file_line_and_plugin(own_heads, tmp_path):
+    """A head's exception fails its trained checks with a message saying where: file, line, function, plugin."""
+    from harness.cli import main
+
+    suite = tmp_path / "raises.toml"
+    suite.write_text(f"""version = 1
+name = "raises"
+encoder = "minilm"
+datasets = ["scifact"]
+[train]
+datasets = ["scifact"]
+epochs = 1
+lr_grid = []
+[checks.finite]
+[[candidates]]
+name = "raiser"
+head = "raises_in_forward"
+""")
+    assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--no-github-summary"]) == 1
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    error = report["candidates"][0]["train_error"]
+    assert error.startswith("training 'raiser' failed: RuntimeError: boom in encode_queries (raised at "), error
+    assert f"{__file__}:" in error and "in encode_queries; head 'raises_in_forward' of plugin 'own_heads')" in error, error
+
+
+def test_validate_runs_one_forward_pass_and_names_a_head_that_raises(own_heads, tmp_path, capsys):
+    """`harness validate` builds each head at the encoder's width and runs it once, so a head that raises is
+    refused in one line (file, line, mode) before any run trains it."""
+    from harness.cli import main
+
+    suite = tmp_path / "raises.toml"
+    suite.write_text('version = 1\nname = "raises"\nencoder = "minilm"\ndatasets = ["scifact"]\n[checks.finite]\n'
+                     '[[candidates]]\nname = "raiser"\nhead = "raises_in_forward"\n')
+    assert main(["validate", str(suite)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"candidate 'raiser': head 'raises_in_forward' raised on a forward pass (training mode, 8 random 384-d vectors): " \
+           f"RuntimeError: boom in encode_queries (raised at {__file__}:" in err, err

@@ -55,12 +55,12 @@ class NoRegression(BaseCheck):
                 return self.passed(f"no stored baseline; created {path} from this run (seed {train_seed})", None, None, rec.epoch,
                                    path=str(path), created=True)
             return self.failed(f"no regression baseline stored for candidate {candidate.name!r} ({path} is missing)",
-                               None, "a stored baseline", rec.epoch, cause="the candidate was never accepted into this suite",
+                               None, "a stored baseline", None, cause="the candidate was never accepted into this suite",
                                fix=f"create it with `{create_command(suite.path, candidate.name)}`", path=str(path))
         try:
             base = load(path)
         except BaselineError as exc:
-            return self.failed(str(exc), None, "a readable baseline", rec.epoch, fix=f"recreate it with `{create_command(suite.path, candidate.name)}`")
+            return self.failed(str(exc), None, "a readable baseline", None, fix=f"recreate it with `{create_command(suite.path, candidate.name)}`")
         for key in ("encoder_sha256", "files_sha256"):
             if base.provenance.get(key) != prov.get(key):
                 return self.failed(f"the stored baseline {path} was scored with another {key.split('_')[0]} "
@@ -72,7 +72,7 @@ class NoRegression(BaseCheck):
             # compared with its own seed's stored scores, never with another seed's or their mean
             return self.failed(f"no regression baseline stored for seed {train_seed} of candidate {candidate.name!r} "
                                f"({path} holds seeds {', '.join(map(str, base.seeds()))})", None, "a stored baseline",
-                               rec.epoch, cause="the candidate was accepted on other seeds",
+                               None, cause="the candidate was accepted on other seeds",
                                fix=f"store this seed with `{create_command(suite.path, candidate.name, [*base.seeds(), train_seed])}`",
                                path=str(path))
         per, pvals = {}, {}
