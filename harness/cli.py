@@ -176,10 +176,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+SINGULAR = {"encoders": "encoder", "datasets": "dataset", "heads": "head", "losses": "loss", "checks": "check"}
+PLURAL = {v: k for k, v in SINGULAR.items()}
+
+
 def cmd_plugins(args) -> int:
     from harness.registry import components
 
-    kinds = [k if k in KINDS or f"{k}s" not in KINDS else f"{k}s" for k in (args.kind or KINDS)]  # "head" = "heads"
+    kinds = [PLURAL.get(k, k) for k in (args.kind or KINDS)]  # "head" = "heads"
     rows = [(kind, c) for kind in kinds for c in components(kind).values()]
     if args.json:
         print(json.dumps([{"kind": k, "name": c.name, "plugin": c.plugin, "summary": c.summary} for k, c in rows], indent=2))
@@ -188,7 +192,7 @@ def cmd_plugins(args) -> int:
     for col in ("kind", "name", "plugin", "what it is"):
         table.add_column(col)
     for kind, c in rows:
-        table.add_row(kind[:-1], escape(c.name), escape(c.plugin), escape(c.summary))
+        table.add_row(SINGULAR[kind], escape(c.name), escape(c.plugin), escape(c.summary))
     console.print(table)
     return 0
 

@@ -39,7 +39,8 @@ def fans_out(backend: str, workers: int) -> bool:
 
 def resolve_workers(workers: int | str, backend: str, jobs: int, device: str | None = None, threads: int | None = 1) -> int:
     """``--workers auto``: a process per core this process may use, divided by the threads each job trains with
-    (the suite's ``threads``, 1 by default); on CUDA also at most ``PER_GPU`` per GPU; never more than the jobs,
+    (the suite's ``threads``, 1 by default); on an accelerator also at most ``PER_GPU`` per device (every GPU for
+    ``cuda``, one for ``cuda:N``, ``mps`` and the like); never more than the jobs,
     never under 1. With ``--backend ray`` auto is Ray's own default: every core of the instance. A number is kept."""
     if workers != "auto":
         return int(workers)
@@ -49,8 +50,12 @@ def resolve_workers(workers: int | str, backend: str, jobs: int, device: str | N
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     slots = cores // threads if threads else 1  # threads None: each job takes every core
-    if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
-        slots = min(slots, PER_GPU * max(torch.cuda.device_count(), 1))
+    kind, _, index = (device or "").partition(":")
+    if kind == "cuda" or (device is None and torch.cuda.is_available()):
+        gpus = 1 if index else max(torch.cuda.device_count(), 1)  # "cuda:1" trains on that one GPU only
+        slots = min(slots, PER_GPU * gpus)
+    elif kind and kind != "cpu":  # one accelerator of another kind (mps, xpu): as one GPU
+        slots = min(slots, PER_GPU)
     return max(1, min(slots, jobs))
 
 
@@ -110,7 +115,7 @@ def train_job(cg: CandidateGate, gpu: int | None = None) -> Trained:
     """In a worker: train one candidate on one seed (writing its run folder) and hand back what checks read."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    cg.progress = "lines" if cg.progress else "off"  # plain lines naming the candidate: bars of parallel workers would clash
+    cg.progress = "off" if cg.progress in (False, "off") else "lines"  # named lines: parallel bars would clash
     cg.train()
     return cg.candidate.run, cg.candidate.result, cg.train_error, cg.train_seconds
 

@@ -67,20 +67,23 @@ def read_utf8(path: Path, error: type[Exception]) -> str:
         raise error(not_utf8(path, exc, data)) from None
 
 
-def raised_at(exc: BaseException, extra: str = "") -> str:
-    """`` (raised at FILE:LINE in FUNC)``: the innermost frame of ``exc`` outside the harness's core and torch,
-    which is a plugin's own code when a head, loss or check raised (``extra`` is appended inside the brackets)."""
+def raising_frame(exc: BaseException):
+    """The innermost frame of ``exc`` in code that is neither the harness's core nor torch (a plugin's own code,
+    built-in plugins included), or None when the error is the harness's own."""
     import traceback
 
     core = Path(__file__).resolve().parent
-    frames = traceback.extract_tb(exc.__traceback__)
 
     def ours(filename: str) -> bool:
         path = Path(filename).resolve()
-        return path.is_relative_to(core) or "torch" in path.parts
+        in_core = path.is_relative_to(core) and not path.is_relative_to(core / "plugins")
+        return in_core or "torch" in path.parts
 
-    outside = [f for f in frames if not ours(f.filename)] or list(frames)
-    if not outside:
-        return f" ({extra.lstrip('; ')})" if extra else ""
-    frame = outside[-1]
-    return f" (raised at {frame.filename}:{frame.lineno} in {frame.name}{extra})"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<") and not ours(f.filename)]
+    return frames[-1] if frames else None
+
+
+def raised_at(exc: BaseException) -> str:
+    """`` (raised at FILE:LINE in FUNC)`` for ``raising_frame(exc)``, or nothing."""
+    frame = raising_frame(exc)
+    return f" (raised at {frame.filename}:{frame.lineno} in {frame.name})" if frame else ""

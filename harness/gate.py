@@ -255,14 +255,22 @@ class CandidateGate:
         return self.candidate.run
 
     def _raised_at(self, exc: BaseException) -> str:
-        """`` (raised at FILE:LINE in FUNC; head H of plugin P)``."""
-        from harness.files import raised_at
-
+        """`` (raised at FILE:LINE in FUNC[; head H of plugin P])``: where in plugin code the error came from; the
+        head is named only when that code is the head's own module. Nothing for the harness's own errors."""
         try:
-            plugin = f"; head {self.spec.head!r} of plugin {get('heads', self.spec.head).plugin!r}"
-        except Exception:
-            plugin = ""
-        return raised_at(exc, plugin)
+            import inspect
+
+            from harness.files import raising_frame
+
+            frame = raising_frame(exc)
+            if frame is None:
+                return ""
+            component = get("heads", self.spec.head)
+            own = Path(frame.filename).resolve() == Path(inspect.getfile(component.factory)).resolve()
+            head = f"; head {self.spec.head!r} of plugin {component.plugin!r}" if own else ""
+            return f" (raised at {frame.filename}:{frame.lineno} in {frame.name}{head})"
+        except Exception:  # a message helper must never break the error it describes
+            return ""
 
     def check(self, name: str) -> Outcome:
         if name in self.outcomes:

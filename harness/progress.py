@@ -33,6 +33,15 @@ INTERVAL_ENV = "HARNESS_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 15.0
 
 
+def on_terminal() -> bool:
+    """Whether stderr is a terminal a person watches: bars there, plain lines elsewhere. ``isatty`` and not rich's
+    ``is_terminal``, which ``FORCE_COLOR`` (set by some CI systems) turns on in a log."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
+
+
 def default_interval() -> float:
     try:
         return max(float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL)), 0.0)
@@ -119,7 +128,7 @@ def progress_bar(description: str, total: int, *, unit: str = "", interval: floa
 
     A rich bar on a terminal; elsewhere (or when ``stream`` is given) plain lines every ``interval`` seconds
     (default ``$HARNESS_PROGRESS_INTERVAL`` or 15) to ``stream`` (default stderr)."""
-    if stream is None and stderr.is_terminal:
+    if stream is None and on_terminal():
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
         with Progress(*columns, console=stderr, transient=True) as progress:
             task = progress.add_task(description, total=total)

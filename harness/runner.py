@@ -214,8 +214,11 @@ def run_suite(suite: Suite, seed: int | None = None, candidates: list[str] | Non
 
     seeds_used = list(seeds) if seeds else ([seed] if seed is not None else list(suite.seeds or [suite.seed]))
     specs = select(suite, candidates)
-    threads = [suite.train_config(spec).get("threads", 1) for spec in specs]  # each job's torch threads
-    workers = fanout.resolve_workers(workers, backend, len(specs) * len(seeds_used), device or suite.device,
+    configs = [suite.train_config(spec) for spec in specs]  # each job's torch threads and device
+    threads = [c.get("threads", 1) for c in configs]
+    devices = {c.get("device") for c in configs}
+    workers = fanout.resolve_workers(workers, backend, len(specs) * len(seeds_used),
+                                     device or (devices.pop() if len(devices) == 1 else None),
                                      None if None in threads else max(threads, default=1))
     fanout.require(backend, workers, address)  # e.g. no ray installed: one line, before anything is written
 

@@ -40,7 +40,7 @@ from harness.measure import (  # noqa: F401
     probe,
     step_sample,
 )
-from harness.progress import PlainProgress, default_interval, progress_bar, stderr
+from harness.progress import PlainProgress, default_interval, on_terminal, progress_bar
 from harness.protocol import Unit, build_unit, load_pairs, units  # noqa: F401  (load_pairs: re-exported)
 from harness.types import EpochRecord, Head, TrainResult, TrainRun
 
@@ -101,11 +101,11 @@ def train(config: TrainConfig | dict, out_dir: Path | None = None, progress: Pro
     mode = {True: "auto", False: "off"}.get(progress, progress) if isinstance(progress, bool) else progress
     if mode not in ("auto", "lines", "off"):
         raise ValueError(f"train: progress {progress!r} is not one of auto, lines, off (or True/False)")
-    bars = mode == "auto" and stderr.is_terminal
+    bars = mode == "auto" and on_terminal()
     todo = units(config)
     try:
         with _Lines(label or f"training {config.head} (seed {config.seed})", _epoch_budget(config, todo),
-                    on=mode == "lines" or (mode == "auto" and not stderr.is_terminal)) as lines:
+                    on=mode == "lines" or (mode == "auto" and not on_terminal())) as lines:
             runs = {}
             for unit in todo:
                 unit_dir = Path(out_dir) / unit.name if out_dir is not None else None
@@ -428,8 +428,8 @@ def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: in
                 break
     # the epochs this trial did not train (early stopping, a non-finite step, an untrainable head) are done too
     trained = len(epochs) - 1 - (1 if stopped else 0)  # each already counted; a stopped epoch's partial record is not
-    lines.at(f"{unit.name} lr {lr:g}: stopped at epoch {epoch}/{budget}" if epoch < budget else f"{unit.name} lr {lr:g}: done",
-             _epochs_per_trial(config) - trained)
+    ended = "stopped" if (stopped or epoch < budget) else "done"  # a non-finite step in the last epoch stops it too
+    lines.at(f"{unit.name} lr {lr:g}: {ended} at epoch {epoch}/{budget}", _epochs_per_trial(config) - trained)
     return _Trial(lr, epochs, best_epoch, best_dev, best_state, snapshot(), head.similarity, stopped, early, loss_specs, states)
 
 

@@ -209,6 +209,10 @@ def test_workers_auto_is_a_process_per_core_at_most_one_per_job(monkeypatch):
     monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert resolve_workers("auto", "local", jobs=15, device="cuda") == 4  # at most 4 per GPU
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    assert resolve_workers("auto", "local", jobs=15, device="cuda") == 8
+    assert resolve_workers("auto", "local", jobs=15, device="cuda:1") == 4  # one GPU of the two
+    assert resolve_workers("auto", "local", jobs=15, device="mps") == 4
 
 
 def test_validate_warns_about_a_missing_regression_baseline(tmp_path, baselines, capsys):

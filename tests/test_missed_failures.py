@@ -110,10 +110,13 @@ def judge(check, run):
     return c.run(types.SimpleNamespace(run=run, name="own", config=run.config), **c.defaults)
 
 
-def test_a_loss_that_turns_nan_is_caught_at_its_step(own_heads, data_dir, tmp_path):
+def test_a_loss_that_turns_nan_is_caught_at_its_step(own_heads, data_dir, tmp_path, monkeypatch, capsys):
     from harness.train import TrainConfig, train
 
+    monkeypatch.setenv("HARNESS_PROGRESS_INTERVAL", "0")  # progress lines at every epoch (stderr is no terminal here)
     run = train(TrainConfig(head="nan_after", epochs=3, lr=1e-3, data_dir=str(data_dir), **QUICK), tmp_path).units["scifact"]
+    lines = capsys.readouterr().err.splitlines()  # the epochs the stop skipped count as done: the run ends at 100%
+    assert lines[-1].startswith("training nan_after (seed 0): done, 3/3 epochs (100%)"), lines
     assert run.stopped and run.stopped["epoch"] == 1 and run.stopped["component"] == "loss_total"
     assert run.stopped["step"] == 14  # the 15th training forward, counted from 0 (the probe runs in eval mode)
     json.loads((tmp_path / "scifact" / "telemetry.json").read_text())  # still strict JSON, written
@@ -165,6 +168,12 @@ head = "raises_in_forward"
     error = report["candidates"][0]["train_error"]
     assert error.startswith("training 'raiser' failed: RuntimeError: boom in encode_queries (raised at "), error
     assert f"{__file__}:" in error and "in encode_queries; head 'raises_in_forward' of plugin 'own_heads')" in error, error
+
+    # the harness's own error (a batch larger than the training set) blames no plugin
+    suite.write_text(suite.read_text().replace("lr_grid = []", "lr_grid = []\nbatch_size = 60000"))
+    assert main(["run", str(suite), "--out", str(tmp_path / "out2"), "--no-github-summary"]) == 1
+    error = json.loads((tmp_path / "out2" / "report.json").read_text())["candidates"][0]["train_error"]
+    assert "fewer than batch_size" in error and "raised at" not in error, error
 
 
 def test_validate_runs_one_forward_pass_and_names_a_head_that_raises(own_heads, tmp_path, capsys):

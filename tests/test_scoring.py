@@ -358,6 +358,19 @@ def test_progress_off_a_terminal_prints_a_line_per_interval(capsys):
     assert lines[-1].startswith("minilm: scifact corpus: done, 4/4 texts (100%) in ")
 
 
+def test_progress_in_a_log_is_lines_even_with_force_color():
+    """Some CI systems set FORCE_COLOR, and rich then calls a piped stderr a terminal: a log still gets lines."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from harness.progress import progress_bar\n"
+            "with progress_bar('encode', 2, unit='texts', interval=0) as advance:\n    advance(1); advance(1)\n")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FORCE_COLOR": "1"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("encode: done, 2/2 texts (100%) in "), done.stderr
+
+
 def test_progress_watchdog_prints_while_one_step_runs_long():
     import io
     import time
