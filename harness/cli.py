@@ -5,7 +5,6 @@ import argparse
 import contextlib
 import importlib
 import json
-import os
 import signal
 import sys
 import threading
@@ -17,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness import __version__
+from harness.files import print_traceback
 from harness.registry import KINDS, PluginError, registry
 
 console = Console() if Console().is_terminal else Console(width=120)
@@ -71,13 +71,6 @@ def error(message: object) -> None:
     if isinstance(message, BaseException):
         print_traceback(message)
     say("error:", "bold red", message)
-
-
-def print_traceback(exc: BaseException) -> None:
-    if os.environ.get("HARNESS_TRACEBACK"):
-        import traceback
-
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
 class Terminated(BaseException):

@@ -1,4 +1,5 @@
-"""Writing files so that a killed run never leaves a half-written one behind, and one-line warnings."""
+"""Writing files so that a killed run never leaves a half-written one behind, one-line warnings, and where an
+error came from (the plugin frame that raised; the whole traceback on request)."""
 from __future__ import annotations
 
 import os
@@ -67,9 +68,21 @@ def read_utf8(path: Path, error: type[Exception]) -> str:
         raise error(not_utf8(path, exc, data)) from None
 
 
+TRACEBACK_ENV = "HARNESS_TRACEBACK"
+
+
+def print_traceback(exc: BaseException) -> None:
+    """The whole traceback of ``exc`` on stderr when ``$HARNESS_TRACEBACK`` is set (behind a one-line message)."""
+    if os.environ.get(TRACEBACK_ENV):
+        import sys
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+
+
 def raising_frame(exc: BaseException):
-    """The innermost frame of ``exc`` in code that is neither the harness's core nor torch (a plugin's own code,
-    built-in plugins included), or None when the error is the harness's own."""
+    """The innermost frame of ``exc`` in code that is neither the harness's core, torch nor Python's import
+    machinery (a plugin's own code, built-in plugins included), or None when the error is the harness's own."""
     import traceback
 
     core = Path(__file__).resolve().parent
@@ -77,13 +90,17 @@ def raising_frame(exc: BaseException):
     def ours(filename: str) -> bool:
         path = Path(filename).resolve()
         in_core = path.is_relative_to(core) and not path.is_relative_to(core / "plugins")
-        return in_core or "torch" in path.parts
+        return in_core or "torch" in path.parts or "importlib" in path.parts
 
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<") and not ours(f.filename)]
     return frames[-1] if frames else None
 
 
-def raised_at(exc: BaseException) -> str:
-    """`` (raised at FILE:LINE in FUNC)`` for ``raising_frame(exc)``, or nothing."""
+def raised_at(exc: BaseException, module: str | None = None, note: str = "") -> str:
+    """`` (raised at FILE:LINE in FUNC)`` for ``raising_frame(exc)``, or nothing; ``note`` is added inside the
+    brackets when that frame is in the file ``module`` (e.g. which head of which plugin raised)."""
     frame = raising_frame(exc)
-    return f" (raised at {frame.filename}:{frame.lineno} in {frame.name})" if frame else ""
+    if frame is None:
+        return ""
+    own = module is not None and Path(frame.filename).resolve() == Path(module).resolve()
+    return f" (raised at {frame.filename}:{frame.lineno} in {frame.name}{note if own else ''})"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.baselines import BaselineError, load_verified
+from harness.files import print_traceback, raised_at
 from harness.registry import get
 from harness.suite import CandidateSpec, Suite
 from harness.train import Progress, TrainConfig, train
@@ -248,27 +249,17 @@ class CandidateGate:
                 self.candidate.run = self.candidate.result.merged()
             except Exception as exc:  # recorded against every trained check; the gate goes red
                 self.train_error = f"training {self.spec.name!r} failed: {type(exc).__name__}: {exc}{self._raised_at(exc)}"
-                from harness.cli import print_traceback
-
                 print_traceback(exc)  # $HARNESS_TRACEBACK: the whole traceback, on stderr
             self.train_seconds = time.perf_counter() - start
         return self.candidate.run
 
     def _raised_at(self, exc: BaseException) -> str:
-        """`` (raised at FILE:LINE in FUNC[; head H of plugin P])``: where in plugin code the error came from; the
-        head is named only when that code is the head's own module. Nothing for the harness's own errors."""
+        """Where in plugin code the error came from, naming the head only when that code is its own module."""
         try:
             import inspect
 
-            from harness.files import raising_frame
-
-            frame = raising_frame(exc)
-            if frame is None:
-                return ""
             component = get("heads", self.spec.head)
-            own = Path(frame.filename).resolve() == Path(inspect.getfile(component.factory)).resolve()
-            head = f"; head {self.spec.head!r} of plugin {component.plugin!r}" if own else ""
-            return f" (raised at {frame.filename}:{frame.lineno} in {frame.name}{head})"
+            return raised_at(exc, inspect.getfile(component.factory), f"; head {self.spec.head!r} of plugin {component.plugin!r}")
         except Exception:  # a message helper must never break the error it describes
             return ""
 

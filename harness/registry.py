@@ -189,15 +189,14 @@ def build_registry(extra_plugins: tuple[Any, ...] = ()) -> Registry:
 
 
 def _where(exc: BaseException) -> str:
-    """`` at FILE:LINE``: where a plugin's import failed (the file with a syntax error, else the innermost frame
-    that is not Python's import machinery), or nothing."""
-    import traceback
+    """`` at FILE:LINE``: where a plugin's import failed (the file with a syntax error, else the innermost frame of
+    the plugin's own code), or nothing."""
+    from harness.files import raising_frame
 
     if isinstance(exc, SyntaxError) and exc.filename:
         return f" at {exc.filename}:{exc.lineno}"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith("<") and "importlib" not in f.filename and f.filename != __file__]
-    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    frame = raising_frame(exc)
+    return f" at {frame.filename}:{frame.lineno}" if frame else ""
 
 
 def _builtin(module_name: str):

@@ -25,6 +25,11 @@ from harness.files import write_atomic
 FORMAT = 1
 
 
+def never_accepted(expect_fail) -> bool:
+    """A candidate declared to fail beats_baseline is never accepted, so it has no regression baseline to meet."""
+    return "beats_baseline" in expect_fail
+
+
 def candidate_path(root: str | Path, suite: str, candidate: str) -> Path:
     return Path(root) / "candidates" / safe_name(suite) / f"{safe_name(candidate)}.json"
 

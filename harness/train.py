@@ -98,9 +98,7 @@ def train(config: TrainConfig | dict, out_dir: Path | None = None, progress: Pro
     config.validate()
     check_components(config.head, config.head_options, {**((config.pretrain or {}).get("losses") or {}), **(config.losses or {})})
     threads = torch.get_num_threads()
-    mode = {True: "auto", False: "off"}.get(progress, progress) if isinstance(progress, bool) else progress
-    if mode not in ("auto", "lines", "off"):
-        raise ValueError(f"train: progress {progress!r} is not one of auto, lines, off (or True/False)")
+    mode = progress_mode(progress)
     bars = mode == "auto" and on_terminal()
     todo = units(config)
     try:
@@ -113,6 +111,14 @@ def train(config: TrainConfig | dict, out_dir: Path | None = None, progress: Pro
         return TrainResult(config.mode, runs)
     finally:
         torch.set_num_threads(threads)
+
+
+def progress_mode(progress: Progress) -> str:
+    """``"auto"``, ``"lines"`` or ``"off"`` (``True`` is auto, ``False`` off)."""
+    mode = {True: "auto", False: "off"}.get(progress, progress) if isinstance(progress, bool) else progress
+    if mode not in ("auto", "lines", "off"):
+        raise ValueError(f"train: progress {progress!r} is not one of auto, lines, off (or True/False)")
+    return mode
 
 
 def _epochs_per_trial(config: TrainConfig) -> int:
@@ -152,6 +158,9 @@ class _Lines:
                 self.lines.advance(epochs)
 
 
+_NO_LINES = _Lines("", 0, on=False)  # a trial or unit trained outside train(): no lines
+
+
 @dataclass
 class _Trial:
     lr: float
@@ -172,10 +181,9 @@ def _mean(d: dict[str, float]) -> float:
 
 
 def train_unit(config: TrainConfig, unit: Unit, out_dir: Path | None = None, progress: bool = True,
-               on_epoch: Callable[[str, EpochRecord], None] | None = None, lines: _Lines | None = None) -> TrainRun:
+               on_epoch: Callable[[str, EpochRecord], None] | None = None, lines: _Lines = _NO_LINES) -> TrainRun:
     """Train one unit's head for each learning rate and keep the trial and epoch the protocol selects
     (``progress``: a bar per epoch; ``lines``: the run's plain progress lines)."""
-    lines = lines or _Lines("", 0, on=False)
     lines.at(f"{unit.name}: loading")
     device = _device(config)
     gen = torch.Generator().manual_seed(config.seed)
@@ -325,13 +333,12 @@ def _complete(config: TrainConfig, unit: Unit, trial: _Trial, tset, devs, sets, 
 
 
 def _trial(config: TrainConfig, unit: Unit, lr: float, tset, devs, sets, dim: int, device: torch.device, progress: bool,
-           on_epoch, clock: dict[str, float], full: bool = True, lines: _Lines | None = None) -> _Trial:
+           on_epoch, clock: dict[str, float], full: bool = True, lines: _Lines = _NO_LINES) -> _Trial:
     """One learning rate's training. ``full``: every epoch's full telemetry; else dev NDCG@10 and the weights
     per epoch (``_complete`` measures the rest if the trial is chosen)."""
     head, trainable, loss_specs, stages, losses, gen, probe_idx = _setup(config, lr, dim, device, tset)
     params = [p for p in head.parameters() if p.requires_grad]
     states: dict[int, tuple[dict, dict]] = {}
-    lines = lines or _Lines("", 0, on=False)
     budget = sum(n for _, _, n, _ in stages)
 
     def record(epoch: int, stage: dict[str, dict], steps: list[dict], trace: dict[str, list[float]]) -> EpochRecord:

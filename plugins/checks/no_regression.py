@@ -31,6 +31,7 @@ class NoRegression(BaseCheck):
             changed_fields,
             create_command,
             load,
+            never_accepted,
             provenance,
             store,
         )
@@ -39,7 +40,7 @@ class NoRegression(BaseCheck):
         suite = getattr(candidate, "suite", None)
         if suite is None:
             return self.not_applicable("the candidate is not part of a suite (no regression baseline to look up)")
-        if "beats_baseline" in candidate.spec.expect_fail:
+        if never_accepted(candidate.spec.expect_fail):
             return self.not_applicable("a declared failure (expect_fail beats_baseline) is never accepted, so it has no "
                                        "regression baseline")
         rec = run.selected_epoch
