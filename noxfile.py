@@ -60,9 +60,10 @@ def eval(session):
 
 @nox.session(default=False)
 def lint(session):
-    """Ruff and mypy over harness/ and plugins/ (no torch: missing third-party imports are typed as Any)."""
+    """Ruff over every Python file of the repository; mypy over harness/ and plugins/ (no torch: missing
+    third-party imports are typed as Any)."""
     session.install("ruff", "mypy")
-    session.run("ruff", "check", "harness", "plugins")
+    session.run("ruff", "check", "harness", "plugins", "tests", "benchmarks", "examples", "noxfile.py")
     session.run("mypy")
 
 

@@ -115,10 +115,12 @@ def train_job(cg: CandidateGate, gpu: int | None = None) -> Trained:
     """In a worker: train one candidate on one seed (writing its run folder) and hand back what checks read."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    from harness.files import one_line_warnings
     from harness.train import progress_mode
 
     cg.progress = "off" if progress_mode(cg.progress) == "off" else "lines"  # named lines: parallel bars would clash
-    cg.train()
+    with one_line_warnings():  # as the harness command prints them, not with a file path and a source line
+        cg.train()
     return cg.candidate.run, cg.candidate.result, cg.train_error, cg.train_seconds
 
 

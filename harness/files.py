@@ -2,8 +2,11 @@
 error came from (the plugin frame that raised; the whole traceback on request)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -20,6 +23,25 @@ def one_line(text: object) -> str:
 
 def warn(message: str, category: type[Warning] = HarnessWarning) -> None:
     warnings.warn(one_line(message), category, stacklevel=3)
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Within the block, a ``HarnessWarning`` prints as ``warning: <message>`` in one write to stderr (other
+    warnings as Python prints them): for processes the ``harness`` command does not run, such as its
+    ``--workers`` processes, whose warnings would otherwise show a file path and a source line."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, HarnessWarning):
+            sys.stderr.write(f"warning: {message}\n")
+            sys.stderr.flush()
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -150,7 +150,7 @@ def test_a_head_that_raises_is_named_with_its_file_line_and_plugin(own_heads, tm
     from harness.cli import main
 
     suite = tmp_path / "raises.toml"
-    suite.write_text(f"""version = 1
+    suite.write_text("""version = 1
 name = "raises"
 encoder = "minilm"
 datasets = ["scifact"]

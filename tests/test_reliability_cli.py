@@ -191,6 +191,22 @@ def test_markup_in_say_warnings_and_report_tables(capsys):
     assert "c[/x]" in text and "odd[/x]" in text and "s[/x]" in text
 
 
+def test_a_worker_process_prints_a_harness_warning_as_one_line(capsys):
+    """`--workers` processes are not run by the harness command: without this their warnings showed a file path
+    and a source line (seen with a cache lock wait in a 2-worker run)."""
+    import warnings
+
+    from harness.cache import CacheWarning
+    from harness.files import one_line_warnings
+
+    before = warnings.showwarning
+    with one_line_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("entry.lock: waiting for process 7, which is computing entry.safetensors (2590 vectors)", CacheWarning)
+    assert capsys.readouterr().err == "warning: entry.lock: waiting for process 7, which is computing entry.safetensors (2590 vectors)\n"
+    assert warnings.showwarning is before
+
+
 # -- case 8: SIGINT / SIGTERM during harness run ------------------------------------------------------------------
 RUNNER = '''
 import signal, sys, time
