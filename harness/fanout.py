@@ -145,7 +145,13 @@ def _pool(jobs: list[tuple[str, int, CandidateGate]], workers: int, device: str 
             futures[(name, seed)] = pool.submit(train_job, cg, gpu)
         yield futures
         finished = True
-    finally:  # on an error or an interrupt, jobs not yet started are dropped
+    finally:  # on an error or an interrupt, jobs not yet started are dropped and running ones stopped
+        if not finished:
+            # Else the interpreter's exit joins the workers, which train on for minutes after "interrupted" (a
+            # SIGTERM reaches the parent only). A stopped job leaves its run folder in the report folder that
+            # the gate marks incomplete, and cache entries are written whole, under locks a dead process frees.
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
         pool.shutdown(wait=finished, cancel_futures=not finished)
 
 

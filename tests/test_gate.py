@@ -195,6 +195,61 @@ def test_workers_give_the_serial_run_s_numbers(tmp_path, baselines, data_dir, mo
     assert reports[2] == reports[1]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/status").read_text().split("State:\t", 1)[-1].startswith("Z")
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux: read from /proc; zombies count as gone)."""
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid) and _alive(int(status.parent.name)):
+            out.append(int(status.parent.name))
+    return out
+
+
+def test_an_interrupted_run_stops_its_workers(tmp_path, baselines, data_dir):
+    """SIGTERM reaches only the parent of `harness run --workers 2` (e.g. a cancelled CI job): it must stop the
+    workers too and exit 143 at once, not train on for minutes after saying "interrupted" (it did)."""
+    import signal
+    import time
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("reads the worker processes from /proc")
+    text = SUITE.replace("epochs = 3", "epochs = 500").replace('datasets = ["scifact"]\nbaselines_dir',
+                                                               'datasets = ["scifact"]\nseeds = [0, 1]\nbaselines_dir')
+    path = suite_file(tmp_path / "suites", baselines, text)
+    env = {**os.environ, "HARNESS_PROGRESS_INTERVAL": "0", "HARNESS_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), "--candidate", "asym-dot", "--workers", "2",
+                             "--out", str(tmp_path / "r"), "--no-github-summary"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    for line in proc.stderr:  # both workers training
+        seen += [line]
+        if len({s for s in ("(seed 0)", "(seed 1)") for x in seen if x.startswith("training asym-dot " + s)}) == 2:
+            break
+    workers = _children(proc.pid)
+    assert workers, "".join(seen)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert time.monotonic() - start < 30, "the run trained on after the interrupt"
+    assert "interrupted: SIGTERM: the gate stopped before it finished" in err
+    deadline = time.monotonic() + 10  # a terminated worker may take a moment to go
+    while [p for p in workers if _alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in workers if _alive(p)], "worker processes outlived the interrupted run"
+    assert (tmp_path / "r" / "INCOMPLETE").is_file()
+
+
 def test_workers_auto_is_a_process_per_core_at_most_one_per_job(monkeypatch):
     """`--workers auto`: cores / threads per job on CPU, capped by the jobs; Ray keeps its own default."""
     from harness.fanout import resolve_workers
