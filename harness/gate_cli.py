@@ -91,7 +91,7 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(rp.to_dict(report), indent=1))
     else:
-        cli.console.print(rp.table(report))
+        cli.console.print(rp.table(report, cli.console.width))
         for c in report.candidates:
             for o in c.outcomes.values():
                 if o.gating:

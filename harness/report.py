@@ -133,8 +133,11 @@ def to_dict(report) -> dict:
 
 
 # -- terminal ----------------------------------------------------------------------------------------
-def table(report):
-    """Checks down, candidates across (a suite has more checks than candidates), cells folded, never cut."""
+def table(report, width: int | None = None):
+    """Checks down, candidates across (a suite has more checks than candidates), cells folded, never cut. When
+    the candidates do not fit ``width`` columns (a CI log's 80, say), they are split over several tables, each
+    with the check names, so no name is folded into pieces."""
+    from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
 
@@ -142,18 +145,49 @@ def table(report):
     verdict = "[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]"
     seeds = list(getattr(report, "seeds", None) or [report.seed])
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
-    t = Table(title=escape(f"gate {report.suite.name} · {report.suite.encoder} · {seed_text} · ") + verdict)
-    t.add_column("check", style="bold", overflow="fold")
-    for c in report.candidates:
-        t.add_column(escape(c.name), justify="center", overflow="fold")
-    for name in checks:
-        cells = []
-        for c in report.candidates:
-            o = c.outcomes.get(name)
-            cells.append("" if o is None else f"[{STYLE[o.outcome]}]{SYMBOL[o.outcome]}[/]")
-        t.add_row(escape(name), *cells)
-    t.add_row("[bold]verdict[/]", *["[green]ok[/]" if c.passed else "[bold red]red[/]" for c in report.candidates])
-    return t
+    title = escape(f"gate {report.suite.name} · {report.suite.encoder} · {seed_text} · ") + verdict
+    groups = _fit(report.candidates, checks, width)
+
+    def one(candidates, part: str) -> Table:
+        t = Table(title=title + escape(part))
+        t.add_column("check", style="bold", overflow="fold")
+        for c in candidates:
+            t.add_column(escape(c.name), justify="center", overflow="fold")
+        for name in checks:
+            cells = []
+            for c in candidates:
+                o = c.outcomes.get(name)
+                cells.append("" if o is None else f"[{STYLE[o.outcome]}]{SYMBOL[o.outcome]}[/]")
+            t.add_row(escape(name), *cells)
+        t.add_row("[bold]verdict[/]", *["[green]ok[/]" if c.passed else "[bold red]red[/]" for c in candidates])
+        return t
+
+    if len(groups) == 1:
+        return one(groups[0], "")
+    n, first = len(report.candidates), 1
+    tables = []
+    for group in groups:
+        tables.append(one(group, f" · candidates {first}-{first + len(group) - 1} of {n}"))
+        first += len(group)
+    return Group(*tables)
+
+
+def _fit(candidates: list, checks: list[str], width: int | None) -> list[list]:
+    """Candidates in consecutive groups whose table is at most ``width`` columns wide (one group if None)."""
+    if not width:
+        return [list(candidates)]
+    cell = max(len(SYMBOL[k]) for k in SYMBOL)
+    used = max([len("verdict"), *map(len, checks)]) + 4  # border, padding, text, padding (and the closing border)
+    groups: list[list] = [[]]
+    total = used
+    for c in candidates:
+        need = max(len(c.name), cell) + 3
+        if groups[-1] and total + need > width:
+            groups.append([])
+            total = used
+        groups[-1].append(c)
+        total += need
+    return groups
 
 
 # -- markdown --------------------------------------------------------------------------------------

@@ -191,6 +191,36 @@ def test_markup_in_say_warnings_and_report_tables(capsys):
     assert "c[/x]" in text and "odd[/x]" in text and "s[/x]" in text
 
 
+@pytest.mark.parametrize("width", [80, 100])
+def test_a_wide_gate_table_is_split_so_no_name_is_folded(width):
+    """The GPU suite's 11 candidates x 11 checks in a CI log: names were folded into pieces ("identit" / "y",
+    "loss_pr" / "opertie" / "s"); now the candidates are split over tables that fit, each naming its share."""
+    from rich.console import Console
+
+    from harness.gate import CandidateReport, GateReport, Outcome
+    from harness.report import table
+    from harness.suite import CandidateSpec, Suite
+
+    names = ["adapter", "identity", "asym-dot", "asym-dot-seed002", "asym-cos", "respred-seed004", "respred-as-described",
+             "respred-fixed", "isopred", "isopred-seed004", "barlow"]
+    checks = ["finite", "loss_properties", "similarity_consistency", "bounded_norms", "nonzero_residuals", "no_degradation",
+              "no_collapse", "rerank_depth", "changes_ranking", "no_regression", "beats_baseline"]
+    specs = [CandidateSpec(name=n, head="identity", losses={}) for n in names]
+    suite = Suite(path=Path("gpu_suite.toml"), version=1, name="gpu_suite", encoder="mpnet", datasets=["scifact"],
+                  candidates=specs, checks={})
+    candidates = [CandidateReport(n, spec, {}, {c: Outcome(c, "xfail") for c in checks}) for n, spec in zip(names, specs)]
+    console = Console(record=True, width=width)
+    console.print(table(GateReport(suite, 0, candidates, "now", 0.0, "cpu"), width))
+    text = console.export_text()
+    words = set(text.replace("│", " ").replace("┃", " ").split())
+    assert set(names) <= words and set(checks) <= words, text
+    assert max(map(len, text.splitlines())) <= width
+    assert "candidates 1-" in text and f"of {len(names)}" in text
+    narrow = Console(record=True, width=200)
+    narrow.print(table(GateReport(suite, 0, candidates[:3], "now", 0.0, "cpu"), 200))
+    assert "candidates 1-" not in narrow.export_text()  # one table when it fits
+
+
 def test_a_worker_process_prints_a_harness_warning_as_one_line(capsys):
     """`--workers` processes are not run by the harness command: without this their warnings showed a file path
     and a source line (seen with a cache lock wait in a 2-worker run)."""
