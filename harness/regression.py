@@ -39,10 +39,12 @@ def create_command(suite_path: str | Path, candidate: str, seeds: list[int] | No
     return f"harness baselines update --suite {suite_path} --candidate {candidate}{seed}"
 
 
+RUN_LOCAL = frozenset({"seed", "device", "data_dir", "threads"})  # settings of one run, not of the candidate
+
+
 def config_hash(spec_dict: dict, train_config: dict) -> str:
     """What the candidate is and how it trains, without run-local settings (seed, device, data folder)."""
-    local = {"seed", "device", "data_dir", "threads"}
-    body = {"spec": spec_dict, "train": {k: v for k, v in sorted(train_config.items()) if k not in local}}
+    body = {"spec": spec_dict, "train": {k: v for k, v in sorted(train_config.items()) if k not in RUN_LOCAL}}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -117,5 +119,11 @@ def store(path: Path, suite: str, candidate: str, scores: dict[int, dict[str, di
 
 
 def changed_fields(stored: dict, current: dict) -> list[str]:
-    """Provenance fields that differ (``config_sha256`` changes with any head, loss or training setting)."""
-    return [k for k in sorted(set(stored) | set(current)) if k not in ("seeds",) and stored.get(k) != current.get(k)]
+    """Provenance fields that differ (``config_sha256`` changes with any head, loss or training setting). The
+    training settings are compared without the run-local ones: a baseline stored for seeds 0-2 records seed 0's
+    settings, and seed 1 is not a change."""
+    def comparable(prov: dict, key: str):
+        value = prov.get(key)
+        return {k: v for k, v in value.items() if k not in RUN_LOCAL} if key == "train" and isinstance(value, dict) else value
+
+    return [k for k in sorted(set(stored) | set(current)) if k != "seeds" and comparable(stored, k) != comparable(current, k)]
