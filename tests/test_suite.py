@@ -42,6 +42,7 @@ def test_shipped_suites_load():
     gpu = load_suite(ROOT / "suites" / "gpu_suite.toml")
     assert gpu.encoder == "mpnet" and gpu.requires_gpu and set(gpu.datasets) == {"scifact", "nfcorpus"}
     assert gpu.checks["beats_baseline"]["encoder"] == "mpnet"
+    assert smoke.seeds == gpu.seeds == [0, 1, 2]  # both shipped suites judge every candidate on three seeds
 
 
 def test_thresholds_merge_suite_and_candidate(tmp_path):
