@@ -6,19 +6,7 @@
 #   2. `pytest -n 4 --dist loadgroup suites/smoke.toml` (pytest-xdist), compared with 1;
 #   3. serial, seed 0: the wall time per phase (benchmarks/phase_times.py).
 # Everything lands in $OUT. Usage there: bash benchmarks/gpu_smoke.sh
-set -u
-python3 -V; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-pip install --quiet --no-deps --no-index --target /tmp/pylib .gpu/wheels/*.whl 2>&1 | tail -1
-# Run from this checkout without installing it: harness.plugins is the repository's plugins/ folder.
-[ -e harness/plugins ] || ln -s ../plugins harness/plugins
-mkdir -p /tmp/data && tar xzf .gpu/beir-data.tgz -C /tmp/data  # -> /tmp/data/beir/{scifact,nfcorpus}
-export PYTHONPATH=$PWD:/tmp/pylib HARNESS_DATA_DIR=/tmp/data/beir HARNESS_CACHE_DIR=$PWD/.gpu/cache HARNESS_PROGRESS_INTERVAL=60
-run() {  # name, limit in seconds, command...
-  local name=$1 limit=$2; shift 2
-  local start=$(date +%s)
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "$name: rc=$? wall=$(( $(date +%s) - start ))s"
-}
+source benchmarks/gpu_setup.sh  # wheels, data, cache, and run()
 run workers4 200 python3 -m harness run suites/smoke.toml --require-gpu --workers 4 --out "$OUT/workers4" --no-progress --no-github-summary
 tail -3 "$OUT/workers4.log"
 python3 benchmarks/compare_reports.py .gpu/cpu-report.json "$OUT/workers4" | tail -8

@@ -7,19 +7,7 @@
 #   2. `harness run suites/gpu_suite.toml --require-gpu --workers 4` (every seed, every candidate), its verdicts and
 #      numbers compared with the CPU run carried in .gpu/cpu-report.json (compare_reports.py).
 # Everything lands in $OUT. Usage there: bash benchmarks/gpu_suite.sh
-set -u
-python3 -V; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-pip install --quiet --no-deps --no-index --target /tmp/pylib .gpu/wheels/*.whl 2>&1 | tail -1
-# Run from this checkout without installing it: harness.plugins is the repository's plugins/ folder.
-[ -e harness/plugins ] || ln -s ../plugins harness/plugins
-mkdir -p /tmp/data && tar xzf .gpu/beir-data.tgz -C /tmp/data  # -> /tmp/data/beir/{scifact,nfcorpus}
-export PYTHONPATH=$PWD:/tmp/pylib HARNESS_DATA_DIR=/tmp/data/beir HARNESS_CACHE_DIR=$PWD/.gpu/cache HARNESS_PROGRESS_INTERVAL=60
-run() {  # name, limit in seconds, command...
-  local name=$1 limit=$2; shift 2
-  local start=$(date +%s)
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "$name: rc=$? wall=$(( $(date +%s) - start ))s"
-}
+source benchmarks/gpu_setup.sh  # wheels, data, cache, and run()
 run serial 240 python3 -m harness run suites/gpu_suite.toml --seeds 0 --require-gpu --out "$OUT/serial" --no-progress --no-github-summary
 tail -3 "$OUT/serial.log"
 python3 benchmarks/phase_times.py "$OUT/serial" 2>&1 | tail -9
