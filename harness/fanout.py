@@ -172,12 +172,15 @@ def _ray(jobs: list[tuple[str, int, CandidateGate]], workers: int, device: str |
             options["num_cpus"] = workers if workers > 1 else None
         else:  # a cluster's workers do not share this shell: pass the data, cache and baseline folders on
             options["runtime_env"] = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("HARNESS_")}}
+        handlers = _signal_handlers()
         try:
             ray.init(address=address, **options)
         except Exception as exc:  # no cluster there, a refused connection, a malformed address: one line
             where = f"the Ray cluster at --address {address}" if address else "a local Ray instance"
             raise GateError(f"cannot start or reach {where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
                             f"check `ray status` there, or drop --address to start one here") from None
+        finally:  # ray.init makes SIGTERM a bare sys.exit(15): keep the command's (exit 143, report marked)
+            _restore(handlers)
     try:
         gpus = 0 if (device or "").startswith("cpu") else int(ray.cluster_resources().get("GPU", 0))
         if (device or "").startswith("cuda") and not gpus:
@@ -186,6 +189,23 @@ def _ray(jobs: list[tuple[str, int, CandidateGate]], workers: int, device: str |
         ready()
         futures: Jobs = {(name, seed): task.remote(cg).future() for name, seed, cg in jobs}
         yield futures
-    finally:
+    finally:  # disconnecting ends this driver's job: Ray stops its running tasks, on a cluster too
         if started:
             ray.shutdown()
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """This process's Python handlers of SIGINT and SIGTERM (none outside the main thread: nothing to keep)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(s)) is not None}
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    import signal
+
+    for s, handler in handlers.items():
+        signal.signal(s, handler)

@@ -65,7 +65,7 @@ def real_texts(scifact, nfcorpus):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (MPNet full evaluations)")
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow (MPNet full evaluations, a Ray cluster interrupted)")
 
 
 # A test that uses any of these (directly or through another fixture) needs the BEIR data or a model's weights.
@@ -79,7 +79,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.data)
     if config.getoption("--run-slow"):
         return
-    skip = pytest.mark.skip(reason="slow (tens of CPU minutes); run with --run-slow")
+    skip = pytest.mark.skip(reason="slow (minutes to tens of minutes of CPU); run with --run-slow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

@@ -100,6 +100,23 @@ def test_ray_backend_gives_the_serial_run_s_numbers(suite, serial, tmp_path):
     assert not __import__("ray").is_initialized()  # the instance it started is gone
 
 
+def test_the_ray_backend_keeps_the_command_s_signal_handlers():
+    """ray.init installs its own SIGTERM handler (a bare sys.exit(15)): a cancelled CI job then exited 15, without
+    "interrupted", its report folder unmarked. The backend keeps the handlers the command installed."""
+    import signal
+
+    from harness.cli import signals
+    from harness.fanout import training
+
+    pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
+    with signals():
+        mine = signal.getsignal(signal.SIGTERM)
+        with training({}, backend="ray", workers=1) as futures:  # a local instance, no job
+            assert futures == {}
+            assert signal.getsignal(signal.SIGTERM) is mine
+    assert not __import__("ray").is_initialized()
+
+
 def test_backend_refusals_are_one_line_and_write_nothing(suite, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed: `import ray` raises ImportError
     out = tmp_path / "r"
@@ -123,3 +140,62 @@ def test_an_unreachable_ray_cluster_is_one_line_and_writes_nothing(suite, tmp_pa
     err = capsys.readouterr().err
     assert "cannot start or reach the Ray cluster at --address ray://nowhere:10001: ConnectionError: Failed to connect" in err
     assert "more detail" not in err and not out.exists()
+
+
+def _train_jobs() -> list[int]:
+    """Live processes running a Ray training task (Ray titles its workers ``ray::train_job``)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(b"ray::train_job"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_an_interrupted_ray_run_cancels_its_tasks_on_the_cluster(suite, tmp_path):
+    """SIGTERM to `harness run --backend ray --address ...` (a cancelled CI job): the run exits 143 and says so
+    (it exited 15, silently: ray.init's handler), and the cluster, which outlives the run, stops its tasks."""
+    import signal
+    import socket
+    import tempfile
+    import time
+
+    pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]')")
+    if not Path("/proc/self/cmdline").is_file():
+        pytest.skip("reads the Ray worker processes from /proc")
+    text = suite.read_text().replace("epochs = 2", "epochs = 500")
+    path = tmp_path / "long.toml"
+    path.write_text(text)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway cluster on this machine: no token to hand on
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    f"--temp-dir={temp}", "--disable-usage-stats"], check=True, capture_output=True, env=env)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), "--candidate", "adapter",
+                                 "--backend", "ray", "--address", f"127.0.0.1:{port}", "--out", str(tmp_path / "r"),
+                                 "--no-github-summary", "--no-progress"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 180
+        while len(_train_jobs()) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert len(_train_jobs()) == 2, proc.communicate(timeout=60) if proc.poll() is not None else "no task started"
+        time.sleep(3)  # into training, past loading
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err
+        assert "interrupted: SIGTERM: the gate stopped before it finished" in err
+        assert (tmp_path / "r" / "INCOMPLETE").is_file()
+        deadline = time.monotonic() + 20  # a cancelled task's worker takes a moment to go
+        while _train_jobs() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _train_jobs(), "the cluster trained on after the interrupted run"
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env)
+        shutil.rmtree(temp, ignore_errors=True)
