@@ -3,6 +3,10 @@
     harness run suites/smoke.toml --seeds 0,1,2,3,4,5,6,7,8,9 --out reports/flap
     python benchmarks/flap_study.py reports/flap
 
+Several report folders of one suite with disjoint seeds are read as one run (e.g. seeds 0-2 from the shipped
+suite's run, 3-9 from `--seeds 3,...,9`): python benchmarks/flap_study.py reports/a reports/b. They must hold the
+same candidates with the same settings apart from the seed, or the script stops and says which differ.
+
 A seed's verdict is "fails" (fail, xfail) or "holds" (pass, xpass; n/a is left out). The flap rate is the share
 of seeds whose verdict differs from the majority; 0 means every seed agrees. Static checks run once and are
 left out. Prints a markdown table.
@@ -32,11 +36,40 @@ def flaps(report: dict) -> list[tuple[str, str, str, int, int, str]]:
     return rows
 
 
+def _settings(candidate: dict) -> dict:
+    return {k: v for k, v in candidate["config"].items() if k != "seed"} | {"expect_fail": candidate.get("expect_fail")}
+
+
+def merged(reports: list[tuple[str, dict]]) -> dict:
+    """One report whose per-seed outcomes are those of every report (same suite, same candidates, disjoint seeds)."""
+    first_name, first = reports[0]
+    out = json.loads(json.dumps(first))
+    by_name = {c["name"]: c for c in out["candidates"]}
+    for name, report in reports[1:]:
+        if report["suite"]["name"] != first["suite"]["name"]:
+            raise SystemExit(f"{name}: suite {report['suite']['name']!r}, but {first_name} is {first['suite']['name']!r}")
+        overlap = set(map(str, report["seeds"])) & set(map(str, out["seeds"]))
+        if overlap:
+            raise SystemExit(f"{name}: seeds {', '.join(sorted(overlap))} are already in an earlier folder; give each seed once")
+        if sorted(c["name"] for c in report["candidates"]) != sorted(by_name):
+            raise SystemExit(f"{name}: candidates differ from {first_name}'s")
+        for c in report["candidates"]:
+            mine = by_name[c["name"]]
+            if _settings(c) != _settings(mine):
+                raise SystemExit(f"{name}: candidate {c['name']!r} was trained or declared differently from {first_name}'s")
+            for check, o in c["checks"].items():
+                mine["checks"][check].setdefault("per_seed", {}).update(o.get("per_seed") or {})
+        out["seeds"] = list(out["seeds"]) + list(report["seeds"])
+        if report["verdict"] != out["verdict"]:
+            out["verdict"] = f"{out['verdict']} ({first_name}), {report['verdict']} ({name})"
+    return out
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
         return 2
-    report = json.loads((Path(argv[0]) / "report.json").read_text())
+    report = merged([(folder, json.loads((Path(folder) / "report.json").read_text())) for folder in argv])
     print(f"seeds {', '.join(map(str, report.get('seeds', [])))}; verdict of the suite: {report['verdict']}\n")
     print("| candidate | check | majority | flap rate | minority seeds |")
     print("|---|---|---|---|---|")
