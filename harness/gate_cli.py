@@ -308,8 +308,8 @@ def _seeds(text: str) -> list[int]:
 
 def add_validate_parser(sub) -> None:
     p = sub.add_parser("validate", help="check a suite completely without training: keys, plugins, heads at real width, baselines",
-                       description="Load the suite, build every candidate's head at the encoder's real width and every loss, "
-                                   "validate every training config and threshold, and load and verify every stored baseline "
+                       description="Load the suite, build every candidate's head at the encoder's real width, run it forward on "
+                                   "random vectors and every loss on its output (and backward), validate every training config and threshold, and load and verify every stored baseline "
                                    "its checks compare with. Nothing is trained. Exit status: 0 valid, 2 not (one line says "
                                    "which file, key or plugin, and what to do).",
                        epilog="example: harness validate suites/smoke.toml")

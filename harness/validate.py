@@ -1,8 +1,9 @@
 """``harness validate SUITE``: everything a run would check before training, and nothing trained.
 
 The suite's keys, plugins and thresholds (``load_suite``), every candidate's training configuration
-(``TrainConfig``), its head built at the encoder's real width and its losses, the datasets and splits it
-reads, and every stored baseline its checks compare with (loaded and provenance-verified).
+(``TrainConfig``), its head built at the encoder's real width and run forward, its losses run on that output
+and backward, the datasets and splits it reads, and every stored baseline its checks compare with (loaded and
+provenance-verified).
 """
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 from typing import cast
 
 from harness import sources
-from harness.components import build_head, build_loss
-from harness.config import TrainConfig
+from harness.components import build_head, build_loss, is_trainable
+from harness.config import TrainConfig, normalize_losses
 from harness.gate import BaselineStore
 from harness.runner import verify_baselines
 from harness.suite import Suite, SuiteError
@@ -26,14 +27,21 @@ def validate(suite: Suite, data_dir: str | None = None) -> list[str]:
         where = f"{suite.path}: candidate {spec.name!r}"
         config = TrainConfig.from_dict(suite.train_config(spec, seed=seeds[0], data_dir=data_dir))
         head = build_head(spec.head, dim, spec.head_options)
-        for name, options in config.all_losses().items():
-            build_loss(name, options)
+        losses = {name: build_loss(name, options) for name, options in config.all_losses().items()}
+        defaults = normalize_losses(getattr(type(head), "default_losses", None) or {}, f"head {spec.head!r} default_losses")
+        if not config.losses:  # as training does: a head's default_losses when the suite gives none
+            losses |= {name: build_loss(name, options) for name, options in defaults.items()}
+        if is_trainable(head) and config.epochs > 0 and not losses:
+            raise SuiteError(f"{where}: head {spec.head!r} is trainable but has no loss (the candidate gives none and the "
+                             f"head has no default_losses): add e.g. losses = {{ infonce_cos = {{ weight = 1.0, temperature = 0.05 }} }}")
         for dataset in sorted(set(config.train) | set(config.eval)):
             splits = sources.make_dataset(dataset, data_dir).splits()
             for split in ({config.train_split} if dataset in config.train else set()) | ({config.eval_split} if dataset in config.eval else set()):
                 if split not in splits:
                     raise SuiteError(f"{where}: dataset {dataset!r} has no {split!r} split (it has {', '.join(splits)})")
         _forward(head, dim, where, spec.head)
+        if is_trainable(head):
+            _losses_on_forward(head, losses, dim, where, spec.head)
         params = sum(p.numel() for p in head.parameters() if p.requires_grad)
         lines.append(f"{spec.name}: head {spec.head} at width {dim} ({params:,} trainable parameters), "
                      f"losses {', '.join(config.all_losses()) or 'the head defaults'}, {config.mode}, select {config.select}, "
@@ -62,6 +70,34 @@ def _forward(head, dim: int, where: str, name: str) -> None:
         except Exception as exc:
             raise SuiteError(f"{where}: head {name!r} raised on a forward pass ({mode} mode, 8 random {dim}-d vectors): "
                              f"{type(exc).__name__}: {exc}{raised_at(exc)}") from exc
+
+
+def _losses_on_forward(head, losses: dict, dim: int, where: str, name: str) -> None:
+    """Every loss the run builds, on the head's training-mode output for 8 random pairs, then backward: a loss that
+    cannot read this head's output (an ``aux`` key it lacks, a shape) or that returns no finite scalar says so
+    here, not after minutes of encoding."""
+    import torch
+
+    from harness.files import raised_at
+
+    gen = torch.Generator().manual_seed(0)
+    q, d = torch.randn(8, dim, generator=gen), torch.randn(8, dim, generator=gen)
+    head.train()
+    for loss_name, loss in losses.items():
+        head.zero_grad(set_to_none=True)
+        try:
+            value = loss(head(q, d))
+            if not isinstance(value, torch.Tensor) or value.dim() != 0:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise SuiteError(f"{where}: loss {loss_name!r} returned {shape} on head {name!r}'s output, not a scalar "
+                                 f"tensor: reduce it in the loss (e.g. .mean())")
+            value.backward()
+        except SuiteError:
+            raise
+        except Exception as exc:
+            raise SuiteError(f"{where}: loss {loss_name!r} raised on head {name!r}'s output (training mode, 8 random "
+                             f"{dim}-d pairs, no hard negatives): {type(exc).__name__}: {exc}{raised_at(exc)}") from exc
+    head.zero_grad(set_to_none=True)
 
 
 def regression_warnings(suite: Suite, root: Path, seeds: list[int]) -> list[str]:

@@ -87,6 +87,12 @@ class RaisesInForward(LearnableScale):
         return q
 
 
+class NoDefaultLoss(LearnableScale):
+    """Trainable, and without default_losses: a candidate must name its losses."""
+
+    default_losses: dict = {}
+
+
 @pytest.fixture
 def own_heads(monkeypatch):
     module = types.ModuleType("own_heads")
@@ -97,6 +103,7 @@ def own_heads(monkeypatch):
         register("closed_gate", ClosedGate)
         register("learnable_scale", LearnableScale)
         register("raises_in_forward", RaisesInForward)
+        register("no_default_loss", NoDefaultLoss)
 
     module.register_heads = register_heads
     sys.modules["own_heads"] = module
@@ -188,3 +195,25 @@ def test_validate_runs_one_forward_pass_and_names_a_head_that_raises(own_heads, 
     err = " ".join(capsys.readouterr().err.split())
     assert f"candidate 'raiser': head 'raises_in_forward' raised on a forward pass (training mode, 8 random 384-d vectors): " \
            f"RuntimeError: boom in encode_queries (raised at {__file__}:" in err, err
+
+
+def test_validate_runs_the_losses_on_the_head_s_output(own_heads, tmp_path, capsys):
+    """A loss that cannot read the head's output, or a trainable head with no loss at all, used to pass
+    `harness validate` and fail only in `harness run`, after the encode. Both are one line at validate now."""
+    from harness.cli import main
+
+    suite = tmp_path / "losses.toml"
+    head = 'version = 1\nname = "losses"\nencoder = "minilm"\ndatasets = ["scifact"]\n[checks.finite]\n[[candidates]]\nname = "c"\n'
+    suite.write_text(head + 'head = "adapter"\nlosses = { predictive = { source = "prediction" } }\n')
+    assert main(["validate", str(suite)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "candidate 'c': loss 'predictive' raised on head 'adapter''s output (training mode, 8 random 384-d pairs, " \
+           "no hard negatives): ValueError: predictive: source='prediction' needs a head that emits aux['prediction']" in err, err
+
+    suite.write_text(head + 'head = "no_default_loss"\n')
+    assert main(["validate", str(suite)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "candidate 'c': head 'no_default_loss' is trainable but has no loss" in err, err
+
+    suite.write_text(head + 'head = "adapter"\nlosses = { predictive = { source = "query" } }\n')
+    assert main(["validate", str(suite)]) == 0  # the same loss on what the head emits
