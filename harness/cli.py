@@ -17,7 +17,7 @@ from rich.text import Text
 
 from harness import __version__
 from harness.files import print_traceback
-from harness.registry import KINDS, PluginError, registry
+from harness.registry import KINDS, PluginError, UnknownComponentError, registry
 
 console = Console() if Console().is_terminal else Console(width=120)
 err = Console(stderr=True)
@@ -45,7 +45,8 @@ environment:
   HARNESS_CACHE_LOCK_TIMEOUT  seconds to wait for another process encoding the same cache entry (default 3600)
 exit status (every command):
   0    success (harness run: the gate passed)
-  1    harness run: the gate failed (a FAIL, XPASS or ERROR)
+  1    harness run: the gate failed (a FAIL, XPASS or ERROR); baselines update --suite: the candidate
+       was refused, nothing written
   2    bad input or environment: a suite, data file, baseline, encoder folder, cache folder or plugin is
        wrong; one line on stderr names the file (and line or key) and what to do; nothing half-written
   130  interrupted by SIGINT (Ctrl-C); 143: terminated by SIGTERM. Caches and baselines are intact; a
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             if message is None:
                 raise
             print_traceback(exc)
-            if isinstance(exc, PluginError):
+            if isinstance(exc, PluginError) and not isinstance(exc, UnknownComponentError):
                 say("plugin error:", "bold red", message)
             else:
                 error(message)

@@ -15,14 +15,12 @@ def _errors():
 
 
 def load_suite_file(path: str | Path):
-    """``harness.suite.load_suite`` (which reports a file that is not UTF-8 itself), with a folder or an unreadable
-    file reported as a ``SuiteError``."""
+    """``harness.suite.load_suite`` (which reports a folder, a missing file and one that is not UTF-8 itself),
+    with an unreadable file reported as a ``SuiteError``."""
     from harness.suite import SuiteError, load_suite
 
     try:
         return load_suite(path)
-    except IsADirectoryError:
-        raise SuiteError(f"{path}: a folder, not a suite file; give a suites/*.toml file") from None
     except PermissionError as exc:
         raise SuiteError(f"{path}: cannot read it ({exc.strerror}); check its permissions") from None
 
@@ -118,11 +116,15 @@ def cmd_baselines(args) -> int:
                 cli.error("baselines update needs --encoder and --dataset (e.g. --encoder minilm --dataset scifact)")
                 return EXIT_ERROR
             options = {"dtype": args.dtype, **({"device": args.device} if args.device else {})}
-            done = bl.update(root, args.encoder, args.dataset, args.split, args.data_dir, **options)
+            done = bl.update(root, args.encoder, args.dataset, args.split or ["test"], args.data_dir, **options)
             for b in done:
                 cli.say("", "", f"wrote {b.path}: {b.encoder} {b.dataset}/{b.split} NDCG@10 {b.ndcg10:.4f} ({b.n_queries} queries)",
                         cli.console)
             return EXIT_PASS
+        if args.suite or args.candidate:
+            cli.error(f"baselines {args.action} lists frozen-encoder baselines and takes no --suite or --candidate (a "
+                      f"candidate's regression baseline is checked by `harness run` or `harness validate` on its suite)")
+            return EXIT_ERROR
         paths = bl.stored(root)
         if args.encoder:
             args.encoder = [bl.safe_name(e) for e in args.encoder]
@@ -133,6 +135,8 @@ def cmd_baselines(args) -> int:
             wanted = [w for w in wanted if w[0] in args.encoder]
         if args.dataset:
             wanted = [w for w in wanted if w[1] in args.dataset]
+        if args.split:
+            wanted = [w for w in wanted if w[2] in args.split]
         if not wanted:
             cli.say("", "", f"no stored baselines under {root} match; create them with `harness baselines update --encoder minilm "
                     f"--dataset scifact,nfcorpus`")
@@ -168,7 +172,8 @@ def _accept(args) -> int:
     from harness.accept import accept
 
     if not (args.suite and args.candidate) or len(args.candidate) != 1:
-        cli.error("baselines update --suite needs --candidate NAME (one candidate), e.g. --suite suites/smoke.toml --candidate adapter")
+        given, missing = ("--suite", "--candidate NAME (one candidate)") if args.suite else ("--candidate", "--suite FILE")
+        cli.error(f"baselines update {given} needs {missing}, e.g. --suite suites/smoke.toml --candidate adapter")
         return EXIT_ERROR
     suite = load_suite_file(args.suite)
     result = accept(suite, args.candidate[0], seeds=args.seeds, data_dir=args.data_dir, device=args.device,
@@ -207,7 +212,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "run", help="gate a suite: train each candidate, run its checks, exit 1 on any unexpected failure",
         description=("Train every candidate of a suite briefly, run its checks, compare with stored baselines and print a "
-                     "candidate x check table. Writes report.json, summary.md and plots/<candidate>.png to --out. "
+                     "candidate x check table. Writes report.json, summary.md and a telemetry plot per trained head "
+                     "(plots/<candidate>-<dataset>.png, or plots/<candidate>.png for one pooled head) to --out. "
                      "Exit status: 0 gate passed, 1 gate failed (a FAIL, XPASS or ERROR), 2 the suite, a baseline, a "
                      "data file, the cache or the machine is wrong (nothing was compared; one line says which file and "
                      "what to do), 130 interrupted (SIGINT), 143 terminated (SIGTERM). The report folder holds the last "
@@ -256,8 +262,10 @@ def add_parser(sub) -> None:
         description=("update: evaluate the frozen encoder(s) and write <baselines-dir>/<encoder>/<dataset>-<split>.json "
                      "atomically (all or nothing); an encoder or dataset given as a path is stored under its folder's "
                      "name, always inside --baselines-dir. show: list stored baselines. verify: check that each still "
-                     "matches the encoder weights, data files, max length, dtype and similarity. Exit status: 0 ok, "
-                     "2 a mismatch or a bad baseline file (one line names the file), 130/143 interrupted."),
+                     "matches the encoder weights, data files, max length, dtype and similarity. --encoder, --dataset and "
+                     "--split narrow show and verify. Exit status: 0 ok, 1 update --suite refused the candidate (a "
+                     "check failed; nothing written), 2 a mismatch or a bad baseline file (one line names the file), "
+                     "130/143 interrupted."),
         epilog=("examples:\n  harness baselines update --encoder minilm --dataset scifact,nfcorpus\n"
                 "  harness baselines update --suite suites/smoke.toml --candidate adapter   # an accepted head's regression baseline"),
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
@@ -270,7 +278,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="with --suite: no progress bars or lines while it trains")
     p.add_argument("--encoder", type=cli._csv, help="encoder name(s), comma-separated")
     p.add_argument("--dataset", type=cli._csv, help="dataset name(s), comma-separated")
-    p.add_argument("--split", type=cli._csv, default=["test"], help="split(s), comma-separated (default test)")
+    p.add_argument("--split", type=cli._csv, help="split(s), comma-separated (update: default test; show, verify: default all)")
     p.add_argument("--baselines-dir", help="baseline folder (default: with --suite its baselines_dir key, else "
                    "$HARNESS_BASELINES_DIR, else ../baselines beside the suite; without: $HARNESS_BASELINES_DIR, else "
                    "./baselines if it exists, else the harness's own)")

@@ -57,6 +57,10 @@ class PluginError(Exception):
     """A plugin is broken or a component name is wrong; the message says which and what to do."""
 
 
+class UnknownComponentError(PluginError):
+    """A component name that no plugin registered: the user's typo (``error:``), not a broken plugin."""
+
+
 @dataclass(frozen=True)
 class Component:
     kind: str
@@ -93,7 +97,7 @@ class Registry:
         close = difflib.get_close_matches(name, list(found), n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         known = ", ".join(sorted(found)) or "none"
-        raise PluginError(
+        raise UnknownComponentError(
             f"unknown {singular} {name!r}.{hint} Registered {kind}: {known}. "
             f"Run `harness plugins` to see which plugin provides each."
         )

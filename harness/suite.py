@@ -218,6 +218,8 @@ def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file. Raises ``SuiteError`` naming the file, the key and the choices."""
     path = Path(path)
     ctx = _Ctx(path)
+    if path.is_dir():
+        raise SuiteError(f"{path}: a folder, not a suite file; give a suites/*.toml file")
     if not path.is_file():
         raise SuiteError(f"{path}: suite file not found (suites live in suites/*.toml)")
     try:

@@ -35,6 +35,16 @@ def test_unknown_name_lists_close_matches_and_what_exists():
     assert "Registered encoders: minilm, mpnet" in str(info.value)
 
 
+def test_a_misspelled_name_on_the_command_line_is_the_user_s_error_not_a_plugin_s(capsys):
+    """`harness eval --encoder minlm` said "plugin error:", as if a plugin were broken; `harness train --head
+    adaptor` said "error:". A typo is the user's error in every command."""
+    from harness.cli import main
+
+    assert main(["eval", "--encoder", "minlm", "--dataset", "scifact"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown encoder 'minlm'. Did you mean 'minilm'?"), err
+
+
 def test_exception_inside_a_plugin_names_plugin_and_hook():
     def register_losses(register):
         raise RuntimeError("boom")

@@ -111,8 +111,11 @@ def test_non_utf8_suite_file(tmp_path, capsys):
 
 
 def test_suite_path_that_is_a_folder(tmp_path, capsys):
-    assert main(["run", str(tmp_path)]) == 2
-    assert one_error_line(capsys).startswith(f"error: {tmp_path}: suite file not found")
+    for command in ("run", "validate"):
+        assert main([command, str(tmp_path)]) == 2
+        assert one_error_line(capsys) == f"error: {tmp_path}: a folder, not a suite file; give a suites/*.toml file"
+    assert main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert one_error_line(capsys).startswith(f"error: {tmp_path / 'nope.toml'}: suite file not found")
 
 
 def _pickled_model(folder: Path, marker: Path) -> Path:
