@@ -458,3 +458,18 @@ def test_sigterm_during_eval_exits_143(tmp_path, cache_dir):
     assert proc.returncode == 143, stderr
     assert stderr.strip().splitlines() == ["interrupted: SIGTERM: `harness eval` stopped before it finished; caches and "
                                            "baselines are only ever replaced whole, so they are intact; run the command again"]
+
+
+def test_baselines_show_narrows_by_split_and_refuses_suite_flags(capsys):
+    """`baselines show --split dev` listed the test baselines (the flag was ignored); `--suite` was ignored too;
+    `update --candidate` without `--suite` said "--suite needs --candidate", blaming the flag that was given."""
+    root = Path(__file__).resolve().parent.parent / "baselines"
+    assert main(["baselines", "show", "--baselines-dir", str(root), "--split", "dev"]) == 0
+    out = "".join(capsys.readouterr())
+    assert "no stored baselines" in out and "│ scifact" not in out, out
+    assert main(["baselines", "show", "--baselines-dir", str(root), "--split", "test", "--encoder", "minilm"]) == 0
+    assert "│ scifact" in capsys.readouterr().out
+    assert main(["baselines", "verify", "--suite", "suites/smoke.toml"]) == 2
+    assert one_error_line(capsys).startswith("error: baselines verify lists frozen-encoder baselines and takes no --suite")
+    assert main(["baselines", "update", "--candidate", "adapter"]) == 2
+    assert one_error_line(capsys).startswith("error: baselines update --candidate needs --suite FILE")
