@@ -291,7 +291,9 @@ def load_suite(path: str | Path) -> Suite:
         for lname, lopts in ctx.expect(f"{where}.losses", c.get("losses", {}), dict, "a table of loss name -> options").items():
             if lname not in losses:
                 raise ctx.fail(f"{where}.losses.{lname}", f"unknown loss.{_did_you_mean(lname, losses)}", losses)
-            lopts = dict(ctx.expect(f"{where}.losses.{lname}", lopts, dict, "a table like {weight = 1.0}"))
+            if isinstance(lopts, (int, float)) and not isinstance(lopts, bool):  # `infonce_cos = 0.5`: a weight, as --loss NAME:WEIGHT
+                lopts = {"weight": lopts}
+            lopts = dict(ctx.expect(f"{where}.losses.{lname}", lopts, dict, "a weight or a table like {weight = 1.0, temperature = 0.05}"))
             weight = lopts.setdefault("weight", 1.0)
             ctx.expect(f"{where}.losses.{lname}.weight", weight, (int, float), "a number")
             cand_losses[lname] = lopts

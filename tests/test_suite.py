@@ -52,6 +52,15 @@ def test_thresholds_merge_suite_and_candidate(tmp_path):
     assert spec.expect_fail == {"bounded_norms": ""}
 
 
+def test_a_loss_given_as_a_bare_weight_is_that_loss_s_weight(tmp_path):
+    """`losses = { infonce_cos = 0.5 }` as `--loss infonce_cos:0.5` says on the command line (it was refused)."""
+    text = MINIMAL.replace('head = "identity"', 'head = "adapter"\nlosses = { infonce_cos = 0.5, isotropy = { weight = 2 } }')
+    spec = load_suite(write(tmp_path, text)).candidate("identity")
+    assert spec.losses == {"infonce_cos": {"weight": 0.5}, "isotropy": {"weight": 2}}
+    with pytest.raises(SuiteError, match=r"losses\.infonce_cos': expected a weight or a table like"):
+        load_suite(write(tmp_path, text.replace("infonce_cos = 0.5", 'infonce_cos = "0.5"')))
+
+
 def test_train_config_is_accepted_by_the_trainer(tmp_path):
     from harness.train import TrainConfig
 
