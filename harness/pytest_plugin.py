@@ -52,6 +52,40 @@ def pytest_configure(config):
     config._harness_stores = {}  # baselines folder -> BaselineStore
     config._harness_remote = []  # on the xdist controller: each worker's reports, from its workeroutput
     config._harness_trained = []  # on the xdist controller: "suite::candidate" for each worker that trained it
+    config._harness_begun = {}  # --gate-out folder -> suite: marked INCOMPLETE before anything trained into it
+
+
+def _begin(config, suite) -> None:
+    """With ``--gate-out``, mark the suite's report folder INCOMPLETE (and clear its previous report and runs) once,
+    before the first candidate trains into it, as ``harness run`` does: an interrupted or crashed session leaves
+    a marked folder, never an older report.json beside newer runs. Never on an xdist worker (the controller
+    marks it before it hands out the items)."""
+    out = config.option.gate_out
+    if not out or hasattr(config, "workerinput"):
+        return
+    folder = f"{out}/{suite.name}"
+    if folder not in config._harness_begun:
+        from harness import report as rp
+
+        rp.begin(folder, suite, by=f"pytest --gate-out {out}")
+        config._harness_begun[folder] = suite
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """xdist controller: a worker's collection names the suites it will gate; mark their --gate-out folders now,
+    before any item is scheduled (the controller collects nothing itself)."""
+    config = node.config
+    if not config.option.gate_out:
+        return
+    from harness.suite import SuiteError, load_suite
+
+    for path in sorted({i.split("::")[0] for i in ids if i.split("::")[0].endswith(".toml")}):
+        try:
+            suite = load_suite(Path(config.rootpath) / path)
+        except SuiteError:  # the worker's collection reports it
+            continue
+        _begin(config, suite)
 
 
 def _asked_for(config, file_path) -> bool:
@@ -110,6 +144,7 @@ class CandidateNode(pytest.Collector):
             device = "cuda" if self.suite.requires_gpu and opts.require_gpu else None
             out = opts.gate_out and f"{opts.gate_out}/{self.suite.name}"
             verify_baselines(self.suite, store, opts.gate_seed, None, [self.spec])
+            _begin(self.config, self.suite)
             seeds = opts.gate_seeds or ([opts.gate_seed] if opts.gate_seed is not None else list(self.suite.seeds or [self.suite.seed]))
             self.gates[self.spec.name] = SeededGate(self.suite, self.spec, store, seeds, out, None, device, progress=False)
         return self.gates[self.spec.name]
@@ -236,6 +271,12 @@ def pytest_sessionfinish(session, exitstatus):
             import pickle
 
             config.workeroutput["harness_reports"] = pickle.dumps(local)
+        return
+    if exitstatus == pytest.ExitCode.INTERRUPTED:  # the candidates that ran are not the run that was asked for
+        from harness import report as rp
+
+        for folder, suite in config._harness_begun.items():
+            rp.abort(folder, "interrupted", suite, by=f"pytest --gate-out {config.option.gate_out}")
         return
     merged = _merge([_local_reports(config), *config._harness_remote]) if out else {}
     if not merged:

@@ -388,20 +388,20 @@ def plot_candidate(c, path: Path) -> Path | None:
     return path
 
 
-def _marker_text(state: str, suite=None) -> bytes:
+def _marker_text(state: str, suite=None, by: str = "harness run") -> bytes:
     what = f" of suite {suite.name!r} ({suite.path})" if suite is not None else ""
-    again = f"`harness run {suite.path}`" if suite is not None else "the run"
-    return (f"{state}: this folder holds an unfinished `harness run`{what}, not a report; "
+    again = f"`{by} {suite.path}`" if suite is not None else "the run"
+    return (f"{state}: this folder holds an unfinished `{by}`{what}, not a report; "
             f"run {again} again for a complete one.\n").encode()
 
 
-def begin(out_dir: str | Path, suite=None) -> Path:
+def begin(out_dir: str | Path, suite=None, by: str = "harness run") -> Path:
     """Mark ``out_dir`` INCOMPLETE, then remove the previous run's report, plots and run files (only files the
     harness writes; anything else in the folder is left alone). Returns the marker's path."""
     out_dir = Path(out_dir)
     marker = out_dir / MARKER
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    write_atomic(marker, _marker_text(f"started {stamp} (pid {os.getpid()})", suite))
+    write_atomic(marker, _marker_text(f"started {stamp} (pid {os.getpid()})", suite, by))
     for name in ("report.json", "summary.md"):
         (out_dir / name).unlink(missing_ok=True)
     plots = out_dir / "plots"
@@ -415,14 +415,14 @@ def begin(out_dir: str | Path, suite=None) -> Path:
     return marker
 
 
-def abort(out_dir: str | Path, reason: str, suite=None) -> Path | None:
+def abort(out_dir: str | Path, reason: str, suite=None, by: str = "harness run") -> Path | None:
     """Record why a begun run stopped in its INCOMPLETE marker (no report is written)."""
     marker = Path(out_dir) / MARKER
     if not marker.is_file():
         return None
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
-        write_atomic(marker, _marker_text(f"{reason} at {stamp}", suite))
+        write_atomic(marker, _marker_text(f"{reason} at {stamp}", suite, by))
     except OSError:
         pass
     return marker

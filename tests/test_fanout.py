@@ -75,6 +75,9 @@ def test_pytest_xdist_loadgroup_trains_each_candidate_on_one_worker(suite, seria
     """`pytest -n 2 --dist loadgroup SUITE`: a candidate's items (all its seeds) run on one worker, the controller
     writes one --gate-out report, and it holds the serial run's outcomes and numbers."""
     pytest.importorskip("xdist", reason="pytest-xdist is not installed (pip install -e '.[test]')")
+    stale = tmp_path / "fan" / "seed-7" / "runs" / "old" / "telemetry.json"  # an earlier session's run
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.run([sys.executable, "-m", "pytest", str(suite), "-n", "2", "--dist", "loadgroup", "-v", "-p", "no:cacheprovider",
                            "--gate-out", str(tmp_path), "--rootdir", str(suite.parent.parent)],
@@ -86,6 +89,8 @@ def test_pytest_xdist_loadgroup_trains_each_candidate_on_one_worker(suite, seria
     assert all(len(w) == 1 for w in workers.values()), workers
     assert "more than one xdist worker" not in proc.stdout
     assert numbers(tmp_path / "fan" / "report.json") == serial
+    assert not stale.exists()  # the controller cleared the folder before the workers trained into it
+    assert not (tmp_path / "fan" / "INCOMPLETE").exists()
 
 
 def test_ray_backend_gives_the_serial_run_s_numbers(suite, serial, tmp_path):

@@ -166,6 +166,43 @@ def test_pytest_collects_suites_into_candidate_x_check_items(tmp_path, baselines
         assert proc.returncode == 1 and "no CUDA device" in proc.stdout, proc.stdout
 
 
+def test_an_interrupted_pytest_session_leaves_its_gate_out_folder_marked(tmp_path, baselines, data_dir):
+    """`pytest SUITE --gate-out DIR` interrupted while a candidate trains: DIR/<suite> holds an INCOMPLETE marker
+    saying so, and neither the previous session's report nor a partial one (it wrote the candidates gated so
+    far as if they were the run, and kept an older report.json beside newer runs before that)."""
+    import signal
+    import time
+
+    text = SUITE.replace("epochs = 3", 'epochs = 500\npatience = 0\nselect = "last"\ndev_fraction = 0.0')  # no early stop
+    path = suite_file(tmp_path / "suites", baselines, text)
+    folder = tmp_path / "out" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text('{"verdict": "pass"}')  # the previous session's
+    env = {**os.environ, "HARNESS_DATA_DIR": str(data_dir)}
+    code = ("import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "  # see the SIGINT test
+            f"sys.exit(pytest.main([{str(path)!r}, '-k', 'asym-dot', '-p', 'no:cacheprovider', '-q', "
+            f"'--gate-out', {str(tmp_path / 'out')!r}, '--rootdir', {str(tmp_path)!r}]))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder / "INCOMPLETE").is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert (folder / "INCOMPLETE").is_file(), "no marker before training"
+        assert not (folder / "report.json").exists(), "the previous session's report sits beside this session's runs"
+        time.sleep(5)  # into training (the marker is written just before it starts)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, out + err  # pytest's "interrupted"
+    marker = (folder / "INCOMPLETE").read_text()
+    assert marker.startswith("interrupted at ") and f"`pytest --gate-out {tmp_path / 'out'}`" in marker, marker
+    assert not (folder / "report.json").exists() and not (folder / "summary.md").exists()
+
+
 def test_suites_are_collected_only_when_asked(tmp_path, baselines):
     """A folder holding suites/ is not gated by a plain pytest run; --gate-suites (or naming the file) collects it."""
     suite_file(tmp_path / "suites", baselines)
