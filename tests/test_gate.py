@@ -190,7 +190,7 @@ def test_an_interrupted_pytest_session_leaves_its_gate_out_folder_marked(tmp_pat
             time.sleep(0.2)
         assert (folder / "INCOMPLETE").is_file(), "no marker before training"
         assert not (folder / "report.json").exists(), "the previous session's report sits beside this session's runs"
-        time.sleep(5)  # into training (the marker is written just before it starts)
+        time.sleep(2)  # into loading or training (the marker is written just before they start)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
