@@ -36,6 +36,16 @@ def flaps(report: dict) -> list[tuple[str, str, str, int, int, str]]:
     return rows
 
 
+def _static(check: str) -> bool:
+    """A check run once before training (``stage = "static"``), per the registered plugin."""
+    from harness.registry import registry
+
+    try:
+        return getattr(registry().get("checks", check).factory, "stage", "trained") == "static"
+    except Exception:  # a check whose plugin is not installed here: treat it as per seed
+        return False
+
+
 def _settings(candidate: dict) -> dict:
     return {k: v for k, v in candidate["config"].items() if k != "seed"} | {"expect_fail": candidate.get("expect_fail")}
 
@@ -57,8 +67,11 @@ def merged(reports: list[tuple[str, dict]]) -> dict:
             mine = by_name[c["name"]]
             if _settings(c) != _settings(mine):
                 raise SystemExit(f"{name}: candidate {c['name']!r} was trained or declared differently from {first_name}'s")
+            if set(c["checks"]) != set(mine["checks"]):
+                raise SystemExit(f"{name}: candidate {c['name']!r} ran other checks than in {first_name}")
             for check, o in c["checks"].items():
-                mine["checks"][check].setdefault("per_seed", {}).update(o.get("per_seed") or {})
+                if not _static(check):  # judged once per run, not per seed: the first folder's stays
+                    mine["checks"][check].setdefault("per_seed", {}).update(o.get("per_seed") or {})
         out["seeds"] = list(out["seeds"]) + list(report["seeds"])
         if report["verdict"] != out["verdict"]:
             out["verdict"] = f"{out['verdict']} ({first_name}), {report['verdict']} ({name})"

@@ -85,7 +85,15 @@ def pytest_xdist_node_collection_finished(node, ids):
             suite = load_suite(Path(config.rootpath) / path)
         except SuiteError:  # the worker's collection reports it
             continue
+        if suite.requires_gpu and not config.option.require_gpu and not _has_cuda():
+            continue  # its items will be skipped: nothing trains, and the folder keeps what it holds
         _begin(config, suite)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _asked_for(config, file_path) -> bool:
@@ -272,13 +280,24 @@ def pytest_sessionfinish(session, exitstatus):
 
             config.workeroutput["harness_reports"] = pickle.dumps(local)
         return
-    if exitstatus == pytest.ExitCode.INTERRUPTED:  # the candidates that ran are not the run that was asked for
+    stopped = session.shouldfail or session.shouldstop  # -x / --maxfail
+    if exitstatus == pytest.ExitCode.INTERRUPTED or stopped:  # what ran is not the run that was asked for
         from harness import report as rp
 
+        reason = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else f"stopped early ({stopped})"
         for folder, suite in config._harness_begun.items():
-            rp.abort(folder, "interrupted", suite, by=f"pytest --gate-out {config.option.gate_out}")
+            rp.abort(folder, reason, suite, by=f"pytest --gate-out {config.option.gate_out}")
         return
     merged = _merge([_local_reports(config), *config._harness_remote]) if out else {}
+    unwritten = dict(config._harness_begun)
+    for _, (suite, *_rest) in merged.items():
+        unwritten.pop(f"{out}/{suite.name}", None)
+    if unwritten:  # marked (and cleared), then every candidate errored or was skipped before it trained
+        from harness import report as rp
+
+        for folder, suite in unwritten.items():
+            rp.abort(folder, "no candidate was gated (each errored or was skipped before training)", suite,
+                     by=f"pytest --gate-out {out}")
     if not merged:
         return
     import time

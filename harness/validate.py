@@ -27,13 +27,13 @@ def validate(suite: Suite, data_dir: str | None = None) -> list[str]:
         where = f"{suite.path}: candidate {spec.name!r}"
         config = TrainConfig.from_dict(suite.train_config(spec, seed=seeds[0], data_dir=data_dir))
         head = build_head(spec.head, dim, spec.head_options)
-        losses = {name: build_loss(name, options) for name, options in config.all_losses().items()}
-        defaults = normalize_losses(getattr(type(head), "default_losses", None) or {}, f"head {spec.head!r} default_losses")
-        if not config.losses:  # as training does: a head's default_losses when the suite gives none
-            losses |= {name: build_loss(name, options) for name, options in defaults.items()}
-        if is_trainable(head) and config.epochs > 0 and not losses:
-            raise SuiteError(f"{where}: head {spec.head!r} is trainable but has no loss (the candidate gives none and the "
-                             f"head has no default_losses): add e.g. losses = {{ infonce_cos = {{ weight = 1.0, temperature = 0.05 }} }}")
+        # as training does: the candidate's losses, else the head's default_losses; pretraining's come first
+        train_specs = config.losses or normalize_losses(getattr(type(head), "default_losses", None) or {}, f"head {spec.head!r} default_losses")
+        if is_trainable(head) and config.epochs > 0 and not train_specs:
+            raise SuiteError(f"{where}: head {spec.head!r} is trainable but has no training loss (the candidate gives none, "
+                             f"pretraining aside, and the head has no default_losses): add e.g. "
+                             f"losses = {{ infonce_cos = {{ weight = 1.0, temperature = 0.05 }} }}")
+        stages = [s for s in ((config.pretrain or {}).get("losses") or {}, train_specs) if s]
         for dataset in sorted(set(config.train) | set(config.eval)):
             splits = sources.make_dataset(dataset, data_dir).splits()
             for split in ({config.train_split} if dataset in config.train else set()) | ({config.eval_split} if dataset in config.eval else set()):
@@ -41,7 +41,8 @@ def validate(suite: Suite, data_dir: str | None = None) -> list[str]:
                     raise SuiteError(f"{where}: dataset {dataset!r} has no {split!r} split (it has {', '.join(splits)})")
         _forward(head, dim, where, spec.head)
         if is_trainable(head):
-            _losses_on_forward(head, losses, dim, where, spec.head)
+            for stage in stages:
+                _losses_on_forward(head, stage, dim, where, spec.head, config.hard_negatives)
         params = sum(p.numel() for p in head.parameters() if p.requires_grad)
         lines.append(f"{spec.name}: head {spec.head} at width {dim} ({params:,} trainable parameters), "
                      f"losses {', '.join(config.all_losses()) or 'the head defaults'}, {config.mode}, select {config.select}, "
@@ -72,10 +73,11 @@ def _forward(head, dim: int, where: str, name: str) -> None:
                              f"{type(exc).__name__}: {exc}{raised_at(exc)}") from exc
 
 
-def _losses_on_forward(head, losses: dict, dim: int, where: str, name: str) -> None:
-    """Every loss the run builds, on the head's training-mode output for 8 random pairs, then backward: a loss that
-    cannot read this head's output (an ``aux`` key it lacks, a shape) or that returns no finite scalar says so
-    here, not after minutes of encoding."""
+def _losses_on_forward(head, stage: dict[str, dict], dim: int, where: str, name: str, hard_negatives: int = 0) -> None:
+    """A training stage's losses on the head's training-mode output for 8 random pairs, with ``hard_negatives``
+    random hard negatives per query and nothing masked, then backward through their weighted sum, as a training
+    step does: a loss that cannot read this head's output (an ``aux`` key it lacks, a shape) or that returns no
+    scalar says so here, not after minutes of encoding."""
     import torch
 
     from harness.files import raised_at
@@ -83,20 +85,29 @@ def _losses_on_forward(head, losses: dict, dim: int, where: str, name: str) -> N
     gen = torch.Generator().manual_seed(0)
     q, d = torch.randn(8, dim, generator=gen), torch.randn(8, dim, generator=gen)
     head.train()
-    for loss_name, loss in losses.items():
-        head.zero_grad(set_to_none=True)
+    head.zero_grad(set_to_none=True)
+    out = head(q, d)
+    if hard_negatives:
+        out.negatives = head.encode_docs(torch.randn(8 * hard_negatives, dim, generator=gen))
+    out.exclude = torch.zeros(8, 8 * (1 + hard_negatives), dtype=torch.bool)
+    total = torch.zeros(())
+    for loss_name, options in stage.items():
         try:
-            value = loss(head(q, d))
-            if not isinstance(value, torch.Tensor) or value.dim() != 0:
-                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise SuiteError(f"{where}: loss {loss_name!r} returned {shape} on head {name!r}'s output, not a scalar "
-                                 f"tensor: reduce it in the loss (e.g. .mean())")
-            value.backward()
-        except SuiteError:
-            raise
+            value = build_loss(loss_name, options)(out)
         except Exception as exc:
             raise SuiteError(f"{where}: loss {loss_name!r} raised on head {name!r}'s output (training mode, 8 random "
-                             f"{dim}-d pairs, no hard negatives): {type(exc).__name__}: {exc}{raised_at(exc)}") from exc
+                             f"{dim}-d pairs, {hard_negatives} hard negative(s) each): {type(exc).__name__}: {exc}{raised_at(exc)}") from exc
+        if not isinstance(value, torch.Tensor) or value.dim() != 0:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise SuiteError(f"{where}: loss {loss_name!r} returned {shape} on head {name!r}'s output, not a scalar "
+                             f"tensor: reduce it in the loss (e.g. .mean())")
+        total = total + float(options.get("weight", 1.0)) * value
+    try:
+        if total.requires_grad:
+            total.backward()
+    except Exception as exc:
+        raise SuiteError(f"{where}: the weighted sum of losses {', '.join(stage)} raised on backward through head {name!r}: "
+                         f"{type(exc).__name__}: {exc}{raised_at(exc)}") from exc
     head.zero_grad(set_to_none=True)
 
 

@@ -78,8 +78,13 @@ def test_pytest_xdist_loadgroup_trains_each_candidate_on_one_worker(suite, seria
     stale = tmp_path / "fan" / "seed-7" / "runs" / "old" / "telemetry.json"  # an earlier session's run
     stale.parent.mkdir(parents=True)
     stale.write_text("{}")
+    gpu = suite.parent / "fangpu.toml"  # a GPU suite beside it: skipped here, so its folder must stay as it was
+    gpu.write_text(suite.read_text().replace('name = "fan"', 'name = "fangpu"\nrequires_gpu = true'))
+    kept = tmp_path / "fangpu" / "report.json"
+    kept.parent.mkdir()
+    kept.write_text("{}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    proc = subprocess.run([sys.executable, "-m", "pytest", str(suite), "-n", "2", "--dist", "loadgroup", "-v", "-p", "no:cacheprovider",
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(suite), *([str(gpu)] if not torch_cuda() else []), "-n", "2", "--dist", "loadgroup", "-v", "-p", "no:cacheprovider",
                            "--gate-out", str(tmp_path), "--rootdir", str(suite.parent.parent)],
                           capture_output=True, text=True, env=env, cwd=suite.parent.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -91,6 +96,12 @@ def test_pytest_xdist_loadgroup_trains_each_candidate_on_one_worker(suite, seria
     assert numbers(tmp_path / "fan" / "report.json") == serial
     assert not stale.exists()  # the controller cleared the folder before the workers trained into it
     assert not (tmp_path / "fan" / "INCOMPLETE").exists()
+    if not torch_cuda():
+        assert kept.is_file() and not (tmp_path / "fangpu" / "INCOMPLETE").exists()  # nothing of it trained
+
+
+def torch_cuda() -> bool:
+    return __import__("torch").cuda.is_available()
 
 
 def test_ray_backend_gives_the_serial_run_s_numbers(suite, serial, tmp_path):
@@ -162,7 +173,9 @@ def _train_jobs() -> list[int]:
 @pytest.mark.slow
 def test_an_interrupted_ray_run_cancels_its_tasks_on_the_cluster(suite, tmp_path):
     """SIGTERM to `harness run --backend ray --address ...` (a cancelled CI job): the run exits 143 and says so
-    (it exited 15, silently: ray.init's handler), and the cluster, which outlives the run, stops its tasks."""
+    (it exited 15, silently: ray.init's handler), and the cluster, which outlives the run, stops its tasks.
+    It starts a Ray cluster on this machine and ends with `ray stop --force`, which stops every Ray process here:
+    run it where no other Ray work runs (it is skipped when it sees another run's training tasks)."""
     import signal
     import socket
     import tempfile
@@ -180,8 +193,11 @@ def test_an_interrupted_ray_run_cancels_its_tasks_on_the_cluster(suite, tmp_path
     ray_cli = str(Path(sys.executable).parent / "ray")
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway cluster on this machine: no token to hand on
+    if _train_jobs():
+        pytest.skip("another Ray run's training tasks are on this machine: this test counts them")
     subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                     f"--temp-dir={temp}", "--disable-usage-stats"], check=True, capture_output=True, env=env)
+    proc = None
     try:
         proc = subprocess.Popen([sys.executable, "-m", "harness", "run", str(path), "--candidate", "adapter",
                                  "--backend", "ray", "--address", f"127.0.0.1:{port}", "--out", str(tmp_path / "r"),
@@ -202,5 +218,8 @@ def test_an_interrupted_ray_run_cancels_its_tasks_on_the_cluster(suite, tmp_path
             time.sleep(0.5)
         assert not _train_jobs(), "the cluster trained on after the interrupted run"
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env)  # every Ray process of this machine
         shutil.rmtree(temp, ignore_errors=True)

@@ -203,6 +203,21 @@ def test_an_interrupted_pytest_session_leaves_its_gate_out_folder_marked(tmp_pat
     assert not (folder / "report.json").exists() and not (folder / "summary.md").exists()
 
 
+def test_a_pytest_session_stopped_by_x_writes_no_report(tmp_path, baselines, data_dir):
+    """`pytest -x --gate-out DIR`: the first unexpected failure stops the session, and what ran is not the suite:
+    DIR/<suite> says so in its marker instead of holding a report of the items that happened to run."""
+    text = SUITE.replace('expect_fail = {{ beats_baseline = "it is the baseline" }}\n', "")  # identity now fails, at once
+    path = suite_file(tmp_path / "suites", baselines, text)
+    env = {**os.environ, "HARNESS_DATA_DIR": str(data_dir)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(path), "-x", "-k", "identity", "-p", "no:cacheprovider", "-q",
+                           "--gate-out", str(tmp_path / "out"), "--rootdir", str(tmp_path)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 1 and "stopping after 1 failures" in proc.stdout, proc.stdout + proc.stderr
+    marker = (tmp_path / "out" / "tiny" / "INCOMPLETE").read_text()
+    assert marker.startswith("stopped early (stopping after 1 failures) at "), marker
+    assert not (tmp_path / "out" / "tiny" / "report.json").exists()
+
+
 def test_suites_are_collected_only_when_asked(tmp_path, baselines):
     """A folder holding suites/ is not gated by a plain pytest run; --gate-suites (or naming the file) collects it."""
     suite_file(tmp_path / "suites", baselines)

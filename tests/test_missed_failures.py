@@ -208,12 +208,20 @@ def test_validate_runs_the_losses_on_the_head_s_output(own_heads, tmp_path, caps
     assert main(["validate", str(suite)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "candidate 'c': loss 'predictive' raised on head 'adapter''s output (training mode, 8 random 384-d pairs, " \
-           "no hard negatives): ValueError: predictive: source='prediction' needs a head that emits aux['prediction']" in err, err
+           "1 hard negative(s) each): ValueError: predictive: source='prediction' needs a head that emits aux['prediction']" in err, err
 
     suite.write_text(head + 'head = "no_default_loss"\n')
     assert main(["validate", str(suite)]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "candidate 'c': head 'no_default_loss' is trainable but has no loss" in err, err
+    assert "candidate 'c': head 'no_default_loss' is trainable but has no training loss" in err, err
+    suite.write_text(head + 'head = "no_default_loss"\npretrain = { losses = { barlow = { weight = 1.0 } }, epochs = 1 }\n')
+    assert main(["validate", str(suite)]) == 2  # pretraining alone: the training stage still has no loss
+    assert "is trainable but has no training loss" in " ".join(capsys.readouterr().err.split())
+
+    # a loss that does not reach the head's parameters on its own (weight 0, the side the head leaves alone) is
+    # fine inside a sum that does: validate backpropagates the weighted sum, as a training step does
+    suite.write_text(head + 'head = "adapter"\nlosses = { infonce_cos = 1.0, isotropy = { weight = 0, on = "doc" } }\n')
+    assert main(["validate", str(suite)]) == 0, capsys.readouterr().err
 
     suite.write_text(head + 'head = "adapter"\nlosses = { predictive = { source = "query" } }\n')
     assert main(["validate", str(suite)]) == 0  # the same loss on what the head emits
