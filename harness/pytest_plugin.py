@@ -60,15 +60,27 @@ def _begin(config, suite) -> None:
     before the first candidate trains into it, as ``harness run`` does: an interrupted or crashed session leaves
     a marked folder, never an older report.json beside newer runs. Never on an xdist worker (the controller
     marks it before it hands out the items)."""
-    out = config.option.gate_out
-    if not out or hasattr(config, "workerinput"):
+    if not config.option.gate_out or hasattr(config, "workerinput"):
         return
-    folder = f"{out}/{suite.name}"
+    folder = _folder(config, suite)
     if folder not in config._harness_begun:
         from harness import report as rp
 
-        rp.begin(folder, suite, by=f"pytest --gate-out {out}")
+        rp.begin(folder, suite, by=f"pytest --gate-out {config.option.gate_out}")
         config._harness_begun[folder] = suite
+
+
+def _folder(config, suite) -> str:
+    """The suite's report folder under ``--gate-out``."""
+    return f"{config.option.gate_out}/{suite.name}"
+
+
+def _unfinished(config, folders: dict, reason: str) -> None:
+    """Say in each begun folder's INCOMPLETE marker why it holds no report."""
+    from harness import report as rp
+
+    for folder, suite in folders.items():
+        rp.abort(folder, reason, suite, by=f"pytest --gate-out {config.option.gate_out}")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -150,7 +162,7 @@ class CandidateNode(pytest.Collector):
             stores = self.config._harness_stores
             store = stores.setdefault(str(self.suite.baselines_dir), BaselineStore(self.suite.baselines_dir))
             device = "cuda" if self.suite.requires_gpu and opts.require_gpu else None
-            out = opts.gate_out and f"{opts.gate_out}/{self.suite.name}"
+            out = opts.gate_out and _folder(self.config, self.suite)
             verify_baselines(self.suite, store, opts.gate_seed, None, [self.spec])
             _begin(self.config, self.suite)
             seeds = opts.gate_seeds or ([opts.gate_seed] if opts.gate_seed is not None else list(self.suite.seeds or [self.suite.seed]))
@@ -282,22 +294,14 @@ def pytest_sessionfinish(session, exitstatus):
         return
     stopped = session.shouldfail or session.shouldstop  # -x / --maxfail
     if exitstatus == pytest.ExitCode.INTERRUPTED or stopped:  # what ran is not the run that was asked for
-        from harness import report as rp
-
-        reason = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else f"stopped early ({stopped})"
-        for folder, suite in config._harness_begun.items():
-            rp.abort(folder, reason, suite, by=f"pytest --gate-out {config.option.gate_out}")
+        _unfinished(config, config._harness_begun,
+                    "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else f"stopped early ({stopped})")
         return
     merged = _merge([_local_reports(config), *config._harness_remote]) if out else {}
-    unwritten = dict(config._harness_begun)
-    for _, (suite, *_rest) in merged.items():
-        unwritten.pop(f"{out}/{suite.name}", None)
-    if unwritten:  # marked (and cleared), then every candidate errored or was skipped before it trained
-        from harness import report as rp
-
-        for folder, suite in unwritten.items():
-            rp.abort(folder, "no candidate was gated (each errored or was skipped before training)", suite,
-                     by=f"pytest --gate-out {out}")
+    written = {_folder(config, suite) for suite, *_ in merged.values()}
+    # marked (and cleared), then every candidate errored or was skipped before it trained
+    _unfinished(config, {f: s for f, s in config._harness_begun.items() if f not in written},
+                "no candidate was gated (each errored or was skipped before training)")
     if not merged:
         return
     import time
@@ -316,7 +320,7 @@ def pytest_sessionfinish(session, exitstatus):
         report = GateReport(suite, seeds[0], reports,
                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), 0.0, "pytest", warnings, used)
         report.seeds = list(seeds)
-        rp.write(report, f"{out}/{suite.name}")
+        rp.write(report, _folder(config, suite))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

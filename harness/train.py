@@ -266,13 +266,18 @@ def _nonfinite(values: dict[str, float]) -> tuple[str, float] | None:
     return None
 
 
+def training_losses(config: TrainConfig, head) -> dict[str, dict]:
+    """The training stage's losses: the configured ones, else the head's ``default_losses`` (pretraining's aside)."""
+    return config.losses or normalize_losses(copy.deepcopy(getattr(type(head), "default_losses", None) or {}), "losses")
+
+
 def _setup(config: TrainConfig, lr: float, dim: int, device: torch.device, tset):
     """A trial's head, losses, loss stages, generator and probe pairs: the same on every call with one seed."""
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     head = build_head(config.head, dim, config.head_options).to(device)
     trainable = is_trainable(head)
-    loss_specs = config.losses or normalize_losses(copy.deepcopy(getattr(type(head), "default_losses", None) or {}), "losses")
+    loss_specs = training_losses(config, head)
     if trainable and not loss_specs and config.epochs > 0:
         raise ValueError(f"head {config.head!r} is trainable but no loss is configured (and it has no default_losses); "
                          f"give losses, e.g. --loss infonce_cos")

@@ -12,10 +12,11 @@ from typing import cast
 
 from harness import sources
 from harness.components import build_head, build_loss, is_trainable
-from harness.config import TrainConfig, normalize_losses
+from harness.config import TrainConfig
 from harness.gate import BaselineStore
 from harness.runner import verify_baselines
 from harness.suite import Suite, SuiteError
+from harness.train import training_losses
 
 
 def validate(suite: Suite, data_dir: str | None = None) -> list[str]:
@@ -27,8 +28,7 @@ def validate(suite: Suite, data_dir: str | None = None) -> list[str]:
         where = f"{suite.path}: candidate {spec.name!r}"
         config = TrainConfig.from_dict(suite.train_config(spec, seed=seeds[0], data_dir=data_dir))
         head = build_head(spec.head, dim, spec.head_options)
-        # as training does: the candidate's losses, else the head's default_losses; pretraining's come first
-        train_specs = config.losses or normalize_losses(getattr(type(head), "default_losses", None) or {}, f"head {spec.head!r} default_losses")
+        train_specs = training_losses(config, head)
         if is_trainable(head) and config.epochs > 0 and not train_specs:
             raise SuiteError(f"{where}: head {spec.head!r} is trainable but has no training loss (the candidate gives none, "
                              f"pretraining aside, and the head has no default_losses): add e.g. "
