@@ -179,7 +179,9 @@ def test_an_interrupted_pytest_session_leaves_its_gate_out_folder_marked(tmp_pat
     folder.mkdir(parents=True)
     (folder / "report.json").write_text('{"verdict": "pass"}')  # the previous session's
     env = {**os.environ, "HARNESS_DATA_DIR": str(data_dir)}
-    code = ("import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "  # see the SIGINT test
+    # torch imports torch._dynamo lazily, at the first optimizer: a Ctrl-C inside that import made pytest itself
+    # crash while formatting the traceback (a frame at line -1), before any session hook ran. Import it first.
+    code = ("import signal, sys, pytest, torch._dynamo; signal.signal(signal.SIGINT, signal.default_int_handler); "
             f"sys.exit(pytest.main([{str(path)!r}, '-k', 'asym-dot', '-p', 'no:cacheprovider', '-q', "
             f"'--gate-out', {str(tmp_path / 'out')!r}, '--rootdir', {str(tmp_path)!r}]))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
