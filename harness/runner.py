@@ -47,7 +47,8 @@ def pooled_run(runs: dict[int, Any]):
     return TrainRun(config={**first.config, "seeds": sorted(runs)}, similarity=first.similarity, epochs=[rec], selected=rec.epoch,
                     baseline_ndcg10=first.baseline_ndcg10, baseline_per_query_ndcg10=first.baseline_per_query_ndcg10,
                     baseline_rankme=first.baseline_rankme,
-                    protocol={"seeds": sorted(runs), "selected_epochs": {s: r.selected_epoch.epoch for s, r in runs.items()}})
+                    protocol={"seeds": sorted(runs), "selected_epochs": {s: r.selected_epoch.epoch for s, r in runs.items()},
+                              "last_epochs": {s: r.last_trained_epoch for s, r in runs.items()}})
 
 
 def _not_seen(o: Outcome) -> Outcome:

@@ -233,6 +233,18 @@ class TrainRun:
         return self.epochs[-1]
 
     @property
+    def last_trained_epoch(self) -> int:
+        """The last epoch training ran (0: none). A run merged from several units or seeds
+        (``TrainResult.merged``, ``runner.pooled_run``) holds only its selected epoch, which is epoch 0 when no
+        trained epoch beat the untrained head on the dev split; it remembers its parts' last epochs in
+        ``protocol["last_epochs"]``."""
+        return max([self.epochs[-1].epoch, *self.protocol.get("last_epochs", {}).values()])
+
+    @property
+    def trained(self) -> bool:
+        return self.last_trained_epoch >= 1
+
+    @property
     def best_epoch(self) -> EpochRecord:
         """The epoch with the highest mean eval NDCG@10: chosen by the end task, never by the loss."""
         scored = [e for e in self.epochs if e.ndcg10]
@@ -269,7 +281,8 @@ class TrainResult:
         config["eval"] = [d for r in runs for d in r.config.get("eval", [])]
         merged = TrainRun(config=config, similarity=runs[0].similarity, epochs=[rec], selected=rec.epoch,
                           protocol={"mode": self.mode, "units": {n: r.protocol for n, r in self.units.items()},
-                                    "selected_epochs": {n: r.selected_epoch.epoch for n, r in self.units.items()}},
+                                    "selected_epochs": {n: r.selected_epoch.epoch for n, r in self.units.items()},
+                                    "last_epochs": {n: r.last_trained_epoch for n, r in self.units.items()}},
                           baseline_rankme=min(r.baseline_rankme for r in runs))
         for r in runs:
             sel = r.selected_epoch

@@ -61,6 +61,26 @@ class ClosedGate(Head):
         return d
 
 
+class SharedRotation(Head):
+    """A fixed random rotation of both sides times one learnable scale: cosine ranks exactly as the frozen encoder
+    does at every epoch, so no trained epoch beats epoch 0 on the dev split."""
+
+    similarity = "cos"
+    default_losses = {"infonce_cos": {"weight": 1.0, "temperature": 0.05}}
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(1234)))
+        self.register_buffer("rotation", rotation)
+        self.scale = torch.nn.Parameter(torch.tensor(1.0))
+
+    def encode_queries(self, q):
+        return self.scale * q @ self.rotation
+
+    def encode_docs(self, d):
+        return self.scale * d @ self.rotation
+
+
 class LearnableScale(Head):
     """The frozen encoder times one learnable scale, scored by raw dot products."""
 
@@ -101,6 +121,7 @@ def own_heads(monkeypatch):
     def register_heads(register):
         register("nan_after", NanAfter)
         register("closed_gate", ClosedGate)
+        register("shared_rotation", SharedRotation)
         register("learnable_scale", LearnableScale)
         register("raises_in_forward", RaisesInForward)
         register("no_default_loss", NoDefaultLoss)
@@ -138,6 +159,23 @@ def test_a_head_that_does_nothing_is_caught_whatever_it_reports(own_heads, data_
     assert judge("nonzero_residuals", run).details.get("not_applicable")  # no aux: the residual check cannot see it
     verdict = judge("changes_ranking", run)
     assert not verdict.passed and "scifact" in verdict.message, verdict.message
+
+
+def test_a_head_whose_dev_split_keeps_epoch_0_on_every_dataset_is_judged_there(own_heads, data_dir):
+    """Trained on two datasets, judged as one candidate: the merged run holds only the selected epoch 0 of each
+    unit. It once read as 'not trained', and changes_ranking was not applicable."""
+    from harness.train import TrainConfig, train
+
+    both = ["scifact", "nfcorpus"]
+    result = train(TrainConfig(head="shared_rotation", epochs=2, lr=1e-3, data_dir=str(data_dir), select="dev",
+                               **{**QUICK, "train": both, "eval": both}))
+    assert [r.selected_epoch.epoch for r in result.units.values()] == [0, 0]
+    run = result.merged()
+    assert run.trained and run.last_trained_epoch == 2
+    verdict = judge("changes_ranking", run)
+    assert not verdict.passed and not verdict.details.get("not_applicable") and verdict.epoch == 0, verdict.message
+    assert "the head does nothing: at epoch 0, selected on the dev split" in verdict.message, verdict.message
+    assert "none of its 2 trained epochs beat the untrained head on the dev split" in verdict.message
 
 
 def test_steady_magnitude_growth_is_caught_before_the_ratio_bound(own_heads, data_dir):

@@ -4,8 +4,9 @@ Judged on the epoch the training protocol selected (on its dev split), whatever 
 (``aux``: alpha, delta, correction): it fails when, on every evaluation dataset, the head's top 10 is the
 frozen encoder's top 10 (mean top-10 overlap >= ``min_overlap``) and its NDCG@10 equals the frozen encoder's
 within noise (|mean per-query difference| below the larger of the dataset's minimum detectable effect and
-``ndcg_tol``). Not applicable to a head with no trainable parameters (the identity) or a run that trained no
-epoch.
+``ndcg_tol``). A head trained for some epochs of which the dev split selected epoch 0 is judged at epoch 0:
+the untrained head is then what would be shipped. Not applicable to a head with no trainable parameters (the
+identity) or a run that trained no epoch.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ class ChangesRanking(BaseCheck):
         run = need_run(self, candidate)
         if not _trainable_head(run.config):
             return self.not_applicable(f"head {run.config.get('head')!r} has no trainable parameters")
-        if not any(e.epoch >= 1 for e in run.epochs):
+        if not run.trained:
             return self.not_applicable("the head was not trained (the run has only epoch 0)")
         rec, which = judged_epoch(run, epoch, self.name)
         datasets = list(run.config.get("eval") or rec.top10_overlap or rec.ndcg10)
@@ -105,7 +106,9 @@ class ChangesRanking(BaseCheck):
                        + (f", alpha {fmt(res.get('alpha'))}" if res.get("alpha") is not None else ""))
             what = (f"the head does nothing: at {which} it ranks like the frozen encoder on every eval dataset ({summary}; "
                     f"counts as the same when the overlap is >= {fmt(min_overlap)} and |diff| is below the larger of "
-                    f"{fmt(ndcg_tol)} and the dataset's MDE at alpha {fmt(alpha)}, {power:.0%} power){aux}")
+                    f"{fmt(ndcg_tol)} and the dataset's MDE at alpha {fmt(alpha)}, {power:.0%} power){aux}"
+                    + (f"; none of its {run.last_trained_epoch} trained epochs beat the untrained head on the dev split"
+                       if rec.epoch == 0 else ""))
             worst = min(per, key=lambda ds: per[ds]["top10_overlap"])
             return self.failed(what, per[worst]["top10_overlap"], min_overlap, rec.epoch, **details)
         changed = [ds for ds, r in per.items() if not r["same_ranking"]]
