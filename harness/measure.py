@@ -81,10 +81,50 @@ def attach_reference(sets: list[EvalSet], encoder: str, frozen: dict) -> None:
         s._on.clear()
 
 
+class NonFiniteOutput(ValueError):
+    """A head's eval-mode (retrieval) output holds NaN or infinite values; the message names the side and the rows."""
+
+
 @torch.no_grad()
-def encode(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device, chunk: int = 8192) -> torch.Tensor:
-    """The head's side on ``device`` (float32), in chunks."""
-    return torch.cat([fn(x[i : i + chunk].to(device)).float() for i in range(0, len(x), chunk)])
+def encode(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device, chunk: int = 8192,
+           what: str = "") -> torch.Tensor:
+    """The head's side on ``device`` (float32), in chunks. ``what`` ("scifact documents"): the output must be
+    finite, else ``NonFiniteOutput`` names the side, how many rows and the first one."""
+    out = torch.cat([fn(x[i : i + chunk].to(device)).float() for i in range(0, len(x), chunk)])
+    if what:
+        bad = ~torch.isfinite(out).all(dim=1)
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0, 0])
+            value = "NaN" if bool(torch.isnan(out[first]).any()) else "infinite"
+            raise NonFiniteOutput(
+                f"the head's {getattr(fn, '__name__', 'output')} returned non-finite vectors in eval mode for "
+                f"{int(bad.sum())} of {len(out)} {what} (the first, row {first}, holds {value} values): retrieval "
+                f"cannot rank them; look for a division by zero, a log or sqrt of a non-positive number, or an "
+                f"overflow in the head's retrieval path (encode_queries/encode_docs), which training does not run "
+                f"when forward() is separate")
+    return out
+
+
+@torch.no_grad()
+def reproducibility(head: Head, sets: list[EvalSet], device: torch.device) -> dict:
+    """Encode each eval set's queries and document sample twice in eval mode, with the same weights and the random
+    number generators running on (restored afterwards): the largest relative L2 difference of a vector between the
+    two passes, and how many vectors changed. A deterministic head gives 0 and 0."""
+    was_training = head.training
+    head.eval()
+    worst, changed, n = 0.0, {"queries": 0, "documents": 0}, {"queries": 0, "documents": 0}
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        for s in sets:
+            for side, fn, x in (("queries", head.encode_queries, s.q_emb), ("documents", head.encode_docs, s.d_emb[s.doc_sample])):
+                a, b = encode(fn, x, device), encode(fn, x, device)
+                rel = (a - b).norm(dim=1) / a.norm(dim=1).clamp_min(1e-12)
+                rel = torch.nan_to_num(rel, nan=float("inf"))
+                worst = max(worst, float(rel.max()) if len(rel) else 0.0)
+                changed[side] += int((rel > 0).sum())
+                n[side] += len(rel)
+    head.train(was_training)
+    return {"max_rel_diff": worst, "changed": changed, "vectors": n, "datasets": [s.name for s in sets]}
 
 
 def evaluate_head(head: Head, sets: list[EvalSet], device: torch.device, similarity: str | None = None) -> dict:
@@ -103,8 +143,8 @@ def evaluate_head(head: Head, sets: list[EvalSet], device: torch.device, similar
                            "rankme": float("nan"), "alignment": float("nan"), "uniformity": float("nan")}
     qs, dsamp, qa, da = [], [], [], []
     for s in sets:
-        q = encode(head.encode_queries, s.q_emb, device)
-        d = encode(head.encode_docs, s.d_emb, device)
+        q = encode(head.encode_queries, s.q_emb, device, what=f"{s.name} queries")
+        d = encode(head.encode_docs, s.d_emb, device, what=f"{s.name} documents")
         j, ref_top, ref_order = s.on(q.device)
         ev = evaluate_embeddings(q, d, j, similarity, k=10, candidates=ref_order, depths=RERANK_DEPTHS, reference_top=ref_top)
         out["ndcg10"][s.name] = ev.ndcg
@@ -137,8 +177,8 @@ def dev_ndcg10(head: Head, devs: list[DevQueries], device: torch.device) -> dict
         if dv.judgements is None:  # built once, moved to the training device once (not every epoch)
             dv.judgements = Judgements(dv.ids, dv.doc_ids, dv.qrels).to(device)
         j = dv.judgements
-        q = encode(head.encode_queries, dv.emb, device)
-        d = encode(head.encode_docs, dv.docs, device)
+        q = encode(head.encode_queries, dv.emb, device, what=f"{dv.dataset} dev queries")
+        d = encode(head.encode_docs, dv.docs, device, what=f"{dv.dataset} documents")
         out[dv.dataset] = evaluate_embeddings(q, d, j, head.similarity, k=10).ndcg
     head.train(was_training)
     return out

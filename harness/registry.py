@@ -50,6 +50,7 @@ DEFAULT_PLUGINS = (
     "harness.plugins.checks.changes_ranking",
     "harness.plugins.checks.no_regression",
     "harness.plugins.checks.generalizes",
+    "harness.plugins.checks.reproducible",
 )
 
 

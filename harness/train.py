@@ -38,6 +38,7 @@ from harness.measure import (  # noqa: F401
     grad_norm,
     load_eval,
     probe,
+    reproducibility,
     step_sample,
 )
 from harness.progress import PlainProgress, default_interval, on_terminal, progress_bar
@@ -226,6 +227,14 @@ def train_unit(config: TrainConfig, unit: Unit, out_dir: Path | None = None, pro
         lines.at(f"{unit.name}: measuring the chosen trial (lr {chosen.lr:g})")
         _complete(config, unit, chosen, tset, devs, sets, dim, device, on_epoch, clock)
     selected = chosen.best_epoch if config.select == "dev" else chosen.epochs[-1].epoch
+    kept = chosen.best_state if config.select == "dev" else chosen.last_state
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # later units draw as before
+        torch.manual_seed(config.seed)
+        head = build_head(config.head, dim, config.head_options).to(device)
+        head.load_state_dict(kept)
+        reproducible = reproducibility(head, sets, device)
+    clock["evaluate"] += time.perf_counter() - t0
     unit_config = {**config.to_dict(), "train": list(unit.train), "eval": list(unit.eval), "lr": chosen.lr,
                    "losses": chosen.losses}  # the head's default_losses when none were configured
     info = tset.info
@@ -243,14 +252,13 @@ def train_unit(config: TrainConfig, unit: Unit, out_dir: Path | None = None, pro
     run = TrainRun(
         config=unit_config, similarity=chosen.similarity, epochs=chosen.epochs,
         baseline_ndcg10=base["ndcg10"], baseline_per_query_ndcg10=base["per_query_ndcg10"], baseline_rankme=base["rankme"],
-        selected=selected, protocol=protocol, stopped=chosen.stopped,
+        selected=selected, protocol=protocol, stopped=chosen.stopped, reproducibility=reproducible,
     )
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"head": config.head, "head_options": config.head_options, "dim": dim, "similarity": chosen.similarity,
                 "encoder": config.encoder, "unit": unit.name, "lr": chosen.lr}
-        kept = chosen.best_state if config.select == "dev" else chosen.last_state
         _save_head(kept, out_dir / "head.safetensors", {**meta, "epoch": selected})
         _save_head(chosen.last_state, out_dir / "head_last.safetensors", {**meta, "epoch": chosen.epochs[-1].epoch})
         run.checkpoint = str(out_dir / "head.safetensors")
@@ -326,7 +334,8 @@ def _complete(config: TrainConfig, unit: Unit, trial: _Trial, tset, devs, sets, 
         rec = _measure(head, trainable, losses, stage, probe_idx, config, tset, sets, devs, device, lean.epoch, lean.steps, lean.trace)
         if rec.dev_ndcg10 != lean.dev_ndcg10:  # selection read the trial's own numbers; say that these differ
             warn(f"unit {unit.name!r}: dev NDCG@10 of epoch {lean.epoch} measured again from its weights differs "
-                 f"({rec.dev_ndcg10} vs {lean.dev_ndcg10}): evaluation is not deterministic on {device}")
+                 f"({rec.dev_ndcg10} vs {lean.dev_ndcg10}): the head's evaluation is not reproducible on {device} "
+                 f"(the reproducible check measures it)")
         rec.seconds = lean.seconds
         trial.epochs[i] = rec
         if on_epoch:

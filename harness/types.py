@@ -222,6 +222,9 @@ class TrainRun:
     selected: int | None = None  # the epoch the protocol chose on the dev split (None: the last epoch)
     protocol: dict = field(default_factory=dict)  # how it was trained: mode, dev split sizes, negatives, lr chosen
     stopped: dict | None = None  # set when a non-finite loss or gradient stopped training: epoch, step, component, value
+    # the kept head encoding the same eval vectors twice in eval mode (harness.measure.reproducibility):
+    # max_rel_diff, changed and vectors per side, datasets; None in telemetry written before it was measured
+    reproducibility: dict | None = None
 
     @property
     def selected_epoch(self) -> EpochRecord:

@@ -81,6 +81,40 @@ class SharedRotation(Head):
         return self.scale * d @ self.rotation
 
 
+class EvalDropout(Head):
+    """A zero-initialised residual whose query side keeps dropout on at evaluation (training=True always)."""
+
+    similarity = "cos"
+    default_losses = {"infonce_cos": {"weight": 1.0, "temperature": 0.05}}
+
+    def __init__(self, dim: int, p: float = 0.1):
+        super().__init__(dim)
+        self.p = p
+        self.w = torch.nn.Linear(dim, dim)
+        torch.nn.init.zeros_(self.w.weight), torch.nn.init.zeros_(self.w.bias)
+
+    def encode_queries(self, q):
+        return torch.nn.functional.dropout(q + self.w(q), self.p, training=True)
+
+    def encode_docs(self, d):
+        return d
+
+
+class NanDocuments(EvalDropout):
+    """Clean in training (forward is separate); its retrieval path turns the top 2% of documents by their first
+    coordinate into NaN."""
+
+    def encode_queries(self, q):
+        return q + self.w(q)
+
+    def encode_docs(self, d):
+        bad = (d[:, 0] > torch.quantile(d[:, 0], 0.98)).unsqueeze(1)
+        return torch.where(bad, torch.full_like(d, float("nan")), d)
+
+    def forward(self, q, d):
+        return HeadOutput(self.encode_queries(q), d, q, d)
+
+
 class LearnableScale(Head):
     """The frozen encoder times one learnable scale, scored by raw dot products."""
 
@@ -122,6 +156,8 @@ def own_heads(monkeypatch):
         register("nan_after", NanAfter)
         register("closed_gate", ClosedGate)
         register("shared_rotation", SharedRotation)
+        register("eval_dropout", EvalDropout)
+        register("nan_documents", NanDocuments)
         register("learnable_scale", LearnableScale)
         register("raises_in_forward", RaisesInForward)
         register("no_default_loss", NoDefaultLoss)
@@ -176,6 +212,32 @@ def test_a_head_whose_dev_split_keeps_epoch_0_on_every_dataset_is_judged_there(o
     assert not verdict.passed and not verdict.details.get("not_applicable") and verdict.epoch == 0, verdict.message
     assert "the head does nothing: at epoch 0, selected on the dev split" in verdict.message, verdict.message
     assert "none of its 2 trained epochs beat the untrained head on the dev split" in verdict.message
+
+
+def test_a_head_whose_scores_are_not_reproducible_is_caught(own_heads, data_dir):
+    """Dropout left on at evaluation: a seeded run replays the same masks, so NDCG@10 and a regression baseline
+    look stable; encoding twice in one process does not."""
+    from harness.train import TrainConfig, train
+
+    run = train(TrainConfig(head="eval_dropout", epochs=1, lr=1e-3, data_dir=str(data_dir), **QUICK)).merged()
+    verdict = judge("reproducible", run)
+    assert not verdict.passed and "not reproducible" in verdict.message, verdict.message
+    assert run.reproducibility["changed"]["queries"] == run.reproducibility["vectors"]["queries"] == 300
+    assert run.reproducibility["changed"]["documents"] == 0 and "training=self.training" in verdict.message
+    # the same head without dropout gives the same vectors twice
+    steady = train(TrainConfig(head="eval_dropout", head_options={"p": 0.0}, epochs=1, lr=1e-3, data_dir=str(data_dir),
+                               **QUICK)).merged()
+    verdict = judge("reproducible", steady)
+    assert verdict.passed and steady.reproducibility["max_rel_diff"] == 0.0, verdict.message
+
+
+def test_non_finite_retrieval_output_is_named_not_a_linear_algebra_error(own_heads, data_dir):
+    from harness.measure import NonFiniteOutput
+    from harness.train import TrainConfig, train
+
+    with pytest.raises(NonFiniteOutput, match=r"encode_docs returned non-finite vectors in eval mode for \d+ of 5183 "
+                                              r"scifact documents \(the first, row \d+, holds NaN values\)"):
+        train(TrainConfig(head="nan_documents", epochs=1, lr=1e-3, data_dir=str(data_dir), **QUICK))
 
 
 def test_steady_magnitude_growth_is_caught_before_the_ratio_bound(own_heads, data_dir):
