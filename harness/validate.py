@@ -1,8 +1,8 @@
 """``harness validate SUITE``: everything a run would check before training, and nothing trained.
 
 The suite's keys, plugins and thresholds (``load_suite``), every candidate's training configuration
-(``TrainConfig``), its head built at the encoder's real width and run forward, its losses run on that output
-and backward, the datasets and splits it reads, and every stored baseline its checks compare with (loaded and
+(``TrainConfig``), its head built at the encoder's real width and run forward, its retrieval path run twice in
+eval mode (finite, and the same both times), its losses run on that output and backward, the datasets and splits it reads, and every stored baseline its checks compare with (loaded and
 provenance-verified).
 """
 from __future__ import annotations
@@ -71,6 +71,31 @@ def _forward(head, dim: int, where: str, name: str) -> None:
         except Exception as exc:
             raise SuiteError(f"{where}: head {name!r} raised on a forward pass ({mode} mode, 8 random {dim}-d vectors): "
                              f"{type(exc).__name__}: {exc}{raised_at(exc)}") from exc
+    _retrieval_path(head, q, d, where, name)
+
+
+def _retrieval_path(head, q, d, where: str, name: str) -> None:
+    """The head's retrieval path (encode_queries, encode_docs) in eval mode, twice: its vectors must be finite and
+    the same both times (what the ``reproducible`` check and every evaluation need)."""
+    import torch
+
+    from harness.files import raised_at
+    from harness.measure import NonFiniteOutput, encode
+
+    head.eval()
+    for fn, x, side in ((head.encode_queries, q, "queries"), (head.encode_docs, d, "documents")):
+        try:
+            first = encode(fn, x, torch.device("cpu"), what=f"random {side}")
+            again = encode(fn, x, torch.device("cpu"))
+        except NonFiniteOutput as exc:
+            raise SuiteError(f"{where}: head {name!r}: {exc}") from exc
+        except Exception as exc:
+            raise SuiteError(f"{where}: head {name!r} raised in {fn.__name__} (eval mode, 8 random vectors): "
+                             f"{type(exc).__name__}: {exc}{raised_at(exc)}") from exc
+        if not torch.equal(first, again):
+            raise SuiteError(f"{where}: head {name!r}'s {fn.__name__} gave other vectors for the same 8 {side} called "
+                             f"twice in eval mode: its retrieval path draws random numbers (dropout with training=True, "
+                             f"noise outside `if self.training`); use nn.Dropout or F.dropout(x, p, training=self.training)")
 
 
 def _losses_on_forward(head, stage: dict[str, dict], dim: int, where: str, name: str, hard_negatives: int = 0) -> None:

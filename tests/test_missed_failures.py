@@ -297,6 +297,20 @@ def test_validate_runs_one_forward_pass_and_names_a_head_that_raises(own_heads, 
            f"RuntimeError: boom in encode_queries (raised at {__file__}:" in err, err
 
 
+def test_validate_refuses_a_retrieval_path_that_is_not_finite_or_not_reproducible(own_heads, tmp_path, capsys):
+    from harness.cli import main
+
+    for head, expected in (("nan_documents", "encode_docs returned non-finite vectors in eval mode for 1 of 8 random "
+                                             "documents"),
+                           ("eval_dropout", "encode_queries gave other vectors for the same 8 queries called twice in eval mode")):
+        suite = tmp_path / f"{head}.toml"
+        suite.write_text(f'version = 1\nname = "v"\nencoder = "minilm"\ndatasets = ["scifact"]\n[checks.finite]\n'
+                         f'[[candidates]]\nname = "c"\nhead = "{head}"\n')
+        assert main(["validate", str(suite)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"candidate 'c': head '{head}'" in err and expected in err, err
+
+
 def test_validate_runs_the_losses_on_the_head_s_output(own_heads, tmp_path, capsys):
     """A loss that cannot read the head's output, or a trainable head with no loss at all, used to pass
     `harness validate` and fail only in `harness run`, after the encode. Both are one line at validate now."""
