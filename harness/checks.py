@@ -75,6 +75,31 @@ def mean(d: dict[str, float]) -> float:
     return sum(d.values()) / len(d) if d else float("nan")
 
 
+def named_epoch(run: Any, rec: Any) -> int | None:
+    """The epoch a verdict on ``rec`` names: None when ``run`` was merged from units or seeds that kept different
+    epochs (``TrainRun.kept_epochs`` says which), rather than the largest of them."""
+    verdict = getattr(run, "verdict_epoch", None)
+    if verdict is not None and rec is getattr(run, "selected_epoch", None) and verdict() is None:
+        return None
+    return rec.epoch
+
+
+def kept_epochs_text(run: Any) -> str:
+    """"the epochs selected on the dev split (scifact 19, nfcorpus 3)" for a run whose merged parts kept different
+    epochs, else ""."""
+    if named_epoch(run, run.selected_epoch) is not None:
+        return ""
+    groups: dict[str, list[str]] = {}  # "seed 0 scifact": 17 -> under "seed 0", "scifact 17"
+    for key, epoch in run.kept_epochs.items():
+        if key.startswith("seed "):
+            seed, _, unit = key[len("seed "):].partition(" ")
+            groups.setdefault(f"seed {seed}", []).append(f"{unit} {epoch}" if unit else str(epoch))
+        else:
+            groups.setdefault("", []).append(f"{key} {epoch}")
+    text = "; ".join(f"{g}: {', '.join(v)}" if g else ", ".join(v) for g, v in groups.items())
+    return f"the epochs selected on the dev split ({text})"
+
+
 def need_run(check: BaseCheck, candidate: Any):
     run = getattr(candidate, "run", None)
     if run is None:

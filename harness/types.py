@@ -248,6 +248,17 @@ class TrainRun:
         return self.last_trained_epoch >= 1
 
     @property
+    def kept_epochs(self) -> dict[str, int]:
+        """The epoch each part kept, for a run merged from units (``TrainResult.merged``: by unit) or seeds
+        (``runner.pooled_run``: "seed N", or "seed N unit"); {} for the run of one unit on one seed."""
+        return dict(self.protocol.get("kept_epochs") or {})
+
+    def verdict_epoch(self) -> int | None:
+        """The epoch a verdict on the kept head names: None when the merged parts kept different epochs (a
+        verdict then names them, ``kept_epochs``), not the largest of them."""
+        return None if len(set(self.kept_epochs.values())) > 1 else self.selected_epoch.epoch
+
+    @property
     def best_epoch(self) -> EpochRecord:
         """The epoch with the highest mean eval NDCG@10: chosen by the end task, never by the loss."""
         scored = [e for e in self.epochs if e.ndcg10]
@@ -285,7 +296,8 @@ class TrainResult:
         merged = TrainRun(config=config, similarity=runs[0].similarity, epochs=[rec], selected=rec.epoch,
                           protocol={"mode": self.mode, "units": {n: r.protocol for n, r in self.units.items()},
                                     "selected_epochs": {n: r.selected_epoch.epoch for n, r in self.units.items()},
-                                    "last_epochs": {n: r.last_trained_epoch for n, r in self.units.items()}},
+                                    "last_epochs": {n: r.last_trained_epoch for n, r in self.units.items()},
+                                    "kept_epochs": {n: r.selected_epoch.epoch for n, r in self.units.items()}},
                           baseline_rankme=min(r.baseline_rankme for r in runs))
         for r in runs:
             sel = r.selected_epoch

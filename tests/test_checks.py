@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from harness.registry import get
-from harness.types import EpochRecord, TrainRun
+from harness.types import EpochRecord, TrainResult, TrainRun
 
 # the pre-protocol loop (one pooled head, every pair, in-batch negatives, the last epoch): these tests read dynamics
 SMOKE = dict(encoder="minilm", train=["scifact", "nfcorpus"], eval=["scifact", "nfcorpus"], max_pairs=2000, epochs=3,
@@ -526,6 +526,26 @@ def test_changes_ranking_judges_the_selected_epoch(bases):
     assert run_check("changes_ranking", c).passed
     c.run.selected = 2
     assert not run_check("changes_ranking", c).passed
+
+
+def test_a_verdict_on_heads_that_kept_different_epochs_names_each(bases):
+    """A candidate trained per dataset is judged on each head's kept epoch; its verdict names them all, not the
+    largest as if it were the epoch of every dataset."""
+    base = {k: bases[k] for k in ("scifact", "nfcorpus")}
+    units = {}
+    for ds, kept in (("scifact", 2), ("nfcorpus", 0)):
+        c = ranking_run([{ds: 1.0}] * 3, [{ds: base[ds]}] * 3, {ds: base[ds]}, selected=kept)
+        c.run.config["train"] = [ds]
+        units[ds] = c.run
+    merged = TrainResult("per_dataset", units).merged()
+    assert merged.kept_epochs == {"scifact": 2, "nfcorpus": 0} and merged.verdict_epoch() is None
+    r = run_check("changes_ranking", candidate(merged.config, merged))
+    assert not r.passed and r.epoch is None and r.message.startswith("changes_ranking FAILED: "), r.message
+    assert "at the epochs selected on the dev split (scifact 2, nfcorpus 0)" in r.message, r.message
+    # heads that kept the same epoch: that epoch is named
+    units["nfcorpus"].selected = 2
+    r = run_check("changes_ranking", candidate(merged.config, TrainResult("per_dataset", units).merged()))
+    assert r.epoch == 2 and "FAILED at epoch 2" in r.message, r.message
 
 
 def test_changes_ranking_is_not_applicable_without_trainable_parameters(bases):

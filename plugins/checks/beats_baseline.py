@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness import hookimpl
-from harness.checks import BaseCheck, fmt, need_run
+from harness.checks import BaseCheck, fmt, kept_epochs_text, named_epoch, need_run
 
 from ._stats import holm, mde, paired, sign_flip_test  # noqa: F401  (sign_flip_test re-exported)
 
@@ -44,6 +44,8 @@ def judged_epoch(run, epoch: str = "selected", check: str = "beats_baseline"):
     selected = getattr(run, "selected", None)
     rec = getattr(run, "selected_epoch", None) or run.epochs[-1]
     if selected is not None and rec.epoch == selected:
+        if named_epoch(run, rec) is None:  # merged from parts that kept different epochs
+            return rec, kept_epochs_text(run)
         return rec, f"epoch {selected}, selected on the dev split"
     return rec, "the last epoch (the run records no dev-split selection)"
 
@@ -146,7 +148,7 @@ class BeatsBaseline(BaseCheck):
         epoch_note = f"judged at {which}"
         headline = f"{'yes' if passed else 'no'} (diff {diff:+.4f}, p={p:.3g})"
         if passed:
-            return self.passed(f"{summary}; {epoch_note}; {mde_note}", {n: per[n]["diff"] for n in per}, bound, rec.epoch,
+            return self.passed(f"{summary}; {epoch_note}; {mde_note}", {n: per[n]["diff"] for n in per}, bound, named_epoch(run, rec),
                                headline=headline, **details)
         reasons = []
         if not superior:
@@ -171,7 +173,8 @@ class BeatsBaseline(BaseCheck):
             cause = f"the head ranks exactly like the frozen {enc} encoder (it is that encoder, or a head that does nothing)"
         elif superior and inferior:
             cause = f"the average gain comes with a loss on {', '.join(inferior)}: the head trades one dataset for another"
-        return self.failed(what, {n: per[n]["diff"] for n in per}, bound, rec.epoch, cause=cause, headline=headline, **details)
+        return self.failed(what, {n: per[n]["diff"] for n in per}, bound, named_epoch(run, rec), cause=cause, headline=headline,
+                           **details)
 
 
 @hookimpl

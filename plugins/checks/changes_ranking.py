@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness import hookimpl
-from harness.checks import BaseCheck, fmt, is_finite, need_run
+from harness.checks import BaseCheck, fmt, is_finite, named_epoch, need_run
 from harness.registry import get
 
 from ._stats import mde, paired
@@ -110,10 +110,10 @@ class ChangesRanking(BaseCheck):
                     + (f"; none of its {run.last_trained_epoch} trained epochs beat the untrained head on the dev split"
                        if rec.epoch == 0 else ""))
             worst = min(per, key=lambda ds: per[ds]["top10_overlap"])
-            return self.failed(what, per[worst]["top10_overlap"], min_overlap, rec.epoch, **details)
+            return self.failed(what, per[worst]["top10_overlap"], min_overlap, named_epoch(run, rec), **details)
         changed = [ds for ds, r in per.items() if not r["same_ranking"]]
         return self.passed(f"the head changes the ranking on {', '.join(changed)} at {which} ({summary})",
-                           min(r["top10_overlap"] for r in per.values()), min_overlap, rec.epoch, **details)
+                           min(r["top10_overlap"] for r in per.values()), min_overlap, named_epoch(run, rec), **details)
 
 
 @hookimpl

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from harness import hookimpl, sources
-from harness.checks import BaseCheck, need_run
+from harness.checks import BaseCheck, kept_epochs_text, named_epoch, need_run
 
 from ._stats import mde, sign_flip_test
 
@@ -70,13 +70,15 @@ class Generalizes(BaseCheck):
                 return f"{g['gain']:+.4f}" if g["n"] else "none"
             return f"{ds}: seen-document queries {gain(e['seen'])} (n={e['seen']['n']}), unseen {gain(u)} (n={u['n']}, {tail})"
         summary = "; ".join(text(ds) for ds in config["eval"])
+        if kept := kept_epochs_text(run):
+            summary += f"; judged at {kept}"
         details = {"datasets": per, "judged_epoch": rec.epoch}
         if failing:
             return self.failed(f"significantly worse than the frozen encoder on queries whose relevant documents were "
                                f"never training positives: {summary}", {d: per[d]["unseen"]["gain"] for d in failing},
-                               f"p(worse) >= {alpha}", rec.epoch, **details)
+                               f"p(worse) >= {alpha}", named_epoch(run, rec), **details)
         return self.passed(f"NDCG@10 gain vs the frozen encoder by whether a query's relevant documents were training "
-                           f"positives: {summary}", None, f"p(worse) >= {alpha}", rec.epoch, **details)
+                           f"positives: {summary}", None, f"p(worse) >= {alpha}", named_epoch(run, rec), **details)
 
 
 @hookimpl

@@ -5,7 +5,7 @@ import numpy as np
 
 from harness import hookimpl, sources
 from harness.baselines import BaselineError
-from harness.checks import BaseCheck, need_run
+from harness.checks import BaseCheck, named_epoch, need_run
 
 from ._stats import holm, sign_flip_test
 
@@ -44,6 +44,7 @@ class NoRegression(BaseCheck):
             return self.not_applicable("a declared failure (expect_fail beats_baseline) is never accepted, so it has no "
                                        "regression baseline")
         rec = run.selected_epoch
+        at = named_epoch(run, rec)  # None when the datasets' heads kept different epochs
         datasets = list(run.config["eval"])
         current = {d: dict(rec.per_query_ndcg10.get(d, {})) for d in datasets}
         train_seed = int(run.config.get("seed", 0))
@@ -53,7 +54,7 @@ class NoRegression(BaseCheck):
         if not path.is_file():
             if regenerate:
                 store(path, suite.name, candidate.name, {train_seed: current}, prov)
-                return self.passed(f"no stored baseline; created {path} from this run (seed {train_seed})", None, None, rec.epoch,
+                return self.passed(f"no stored baseline; created {path} from this run (seed {train_seed})", None, None, at,
                                    path=str(path), created=True)
             return self.failed(f"no regression baseline stored for candidate {candidate.name!r} ({path} is missing)",
                                None, "a stored baseline", None, cause="the candidate was never accepted into this suite",
@@ -65,7 +66,7 @@ class NoRegression(BaseCheck):
         for key in ("encoder_sha256", "files_sha256"):
             if base.provenance.get(key) != prov.get(key):
                 return self.failed(f"the stored baseline {path} was scored with another {key.split('_')[0]} "
-                                   f"({key} differs), so its queries cannot be compared", None, "same encoder and data", rec.epoch,
+                                   f"({key} differs), so its queries cannot be compared", None, "same encoder and data", at,
                                    cause="the encoder weights or the data files changed",
                                    fix=f"recreate it with `{create_command(suite.path, candidate.name)}`")
         if str(train_seed) not in base.per_query_ndcg10:
@@ -82,7 +83,7 @@ class NoRegression(BaseCheck):
             if set(stored) != set(current[d]):
                 only = sorted(set(stored) ^ set(current[d]))
                 return self.failed(f"{d}: the run and the baseline {path} score different queries (e.g. {only[:3]})", None,
-                                   "the same queries", rec.epoch, fix=f"recreate it with `{create_command(suite.path, candidate.name)}`")
+                                   "the same queries", at, fix=f"recreate it with `{create_command(suite.path, candidate.name)}`")
             qids = sorted(stored)
             c = np.array([current[d][q] for q in qids])
             b = np.array([stored[q] for q in qids])
@@ -113,11 +114,11 @@ class NoRegression(BaseCheck):
                 parts.append(f"{d} NDCG@10 {r['candidate']:.4f} vs stored {r['baseline']:.4f} (drop {-r['diff']:.4f}, "
                              f"Holm p={r['p_holm']:.3g} for a drop under {margin}; worst queries: {w or 'none'})")
             return self.failed("; ".join(parts) + since + rewritten, {d: per[d]["diff"] for d in datasets}, f"drop < {margin}",
-                               rec.epoch, **details)
+                               at, **details)
         summary = "; ".join(f"{d} {per[d]['candidate']:.4f} vs stored {per[d]['baseline']:.4f} ({per[d]['diff']:+.4f}, "
                             f"Holm p={per[d]['p_holm']:.3g})" for d in datasets)
         return self.passed(f"not worse than its stored baseline by {margin} or more: {summary}{since}{rewritten}",
-                           {d: per[d]["diff"] for d in datasets}, f"drop < {margin}", rec.epoch, **details)
+                           {d: per[d]["diff"] for d in datasets}, f"drop < {margin}", at, **details)
 
 
 def _data_provenance(candidate, datasets: list[str]) -> tuple[str, dict]:
