@@ -190,6 +190,19 @@ def test_no_degradation(curve, passes):
         assert r.epoch == 2 and "from 0.6200 at epoch 1" in r.message and "early-stop" in r.message
 
 
+def test_no_degradation_on_a_dev_selected_head_says_what_the_protocol_already_did():
+    """Early stopping keeps the dev-best epoch: the fall after it is not in the shipped head, and "early-stop on
+    dev" would be no advice. The message says so, and how the training loss moved meanwhile."""
+    c = fake(ndcg=[0.60, 0.62, 0.61, 0.59])
+    for e, dev, loss in zip(c.run.epochs, [0.30, 0.33, 0.32, 0.31], [2.0, 1.5, 1.2, 1.0]):
+        e.dev_ndcg10, e.loss = {"scifact": dev}, {"total": loss}
+    c.run.selected = 1
+    r = run_check("no_degradation", c)
+    assert not r.passed and "scifact dev NDCG@10 fell 6.1% from 0.3300 at epoch 1 to 0.3100 at epoch 3" in r.message, r.message
+    assert "training loss on the probe pairs went 1.5 -> 1 over the same epochs" in r.message
+    assert "already keeps the dev-best epoch (1)" in r.message and "early-stop" not in r.message
+
+
 # Epoch 0 is the untrained (often random) head: only trained epochs are judged.
 @pytest.mark.parametrize("rankme, passes", [([100, 60, 51], True), ([100, 60, 49], False), ([30, 60, 55], True), ([30, 60, 45], False)])
 def test_no_collapse(rankme, passes):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from harness import hookimpl
-from harness.checks import BaseCheck, fmt, mean, need_run
+from harness.checks import BaseCheck, fmt, is_finite, mean, need_run
 
 
 class NoDegradation(BaseCheck):
@@ -52,11 +52,21 @@ class NoDegradation(BaseCheck):
         if failing:
             trail = " -> ".join(f"{v:.4f}" for v in curves[worst])
             where = f"mean {split}" if worst == "mean" else f"{worst} {split}"
+            peak = epochs[nums.index(w["best_epoch"])]
+            losses = (peak.loss or {}).get("total"), (last.loss or {}).get("total")
+            loss_note = (f"; the training loss on the probe pairs went {fmt(losses[0])} -> {fmt(losses[1])} over the same epochs"
+                         if all(is_finite(x) for x in losses) else "")
+            fix = None
+            if split == "dev" and run.selected == w["best_epoch"]:
+                fix = (f"the protocol already keeps the dev-best epoch ({w['best_epoch']}), so the fall is not in the head it "
+                       f"ships, but training past that epoch makes the head rank worse: remove the loss term that rewards "
+                       f"doing nothing (e.g. residual_l2) or that ignores ranking, regularise the head, or lower the "
+                       f"learning rate")
             return self.failed(
                 f"{where} NDCG@10 fell {w['rel_drop']:.1%} from {w['best']:.4f} at epoch {w['best_epoch']} to "
                 f"{w['last']:.4f} at epoch {last.epoch} (epochs {nums[0]}-{nums[-1]}: {trail}; bound {max_rel_drop:.1%}, "
-                f"falls under {min_abs_drop} ignored)",
-                w["rel_drop"], max_rel_drop, last.epoch, dataset=worst, **details,
+                f"falls under {min_abs_drop} ignored){loss_note}",
+                w["rel_drop"], max_rel_drop, last.epoch, fix=fix, dataset=worst, **details,
             )
         return self.passed(
             f"largest fall of {split} NDCG@10 from the best epoch {w['rel_drop']:.1%} ({worst}, {w['best'] - w['last']:.4f} absolute; bound "
