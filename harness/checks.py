@@ -85,7 +85,7 @@ def named_epoch(run: Any, rec: Any) -> int | None:
 
 
 def kept_epochs_text(run: Any) -> str:
-    """"the epochs selected on the dev split (scifact 19, nfcorpus 3)" for a run whose merged parts kept different
+    """"the epochs the protocol kept (scifact 19, nfcorpus 3)" for a run whose merged parts kept different
     epochs, else ""."""
     if named_epoch(run, run.selected_epoch) is not None:
         return ""
@@ -97,7 +97,7 @@ def kept_epochs_text(run: Any) -> str:
         else:
             groups.setdefault("", []).append(f"{key} {epoch}")
     text = "; ".join(f"{g}: {', '.join(v)}" if g else ", ".join(v) for g, v in groups.items())
-    return f"the epochs selected on the dev split ({text})"
+    return f"the epochs the protocol kept ({text})"
 
 
 def need_run(check: BaseCheck, candidate: Any):

@@ -101,7 +101,7 @@ def encode(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: 
                 f"{int(bad.sum())} of {len(out)} {what} (the first, row {first}, holds {value} values): retrieval "
                 f"cannot rank them; look for a division by zero, a log or sqrt of a non-positive number, or an "
                 f"overflow in the head's retrieval path (encode_queries/encode_docs), which training does not run "
-                f"when forward() is separate")
+                f"when forward() is separate, or for weights that diverged (a lower learning rate)")
     return out
 
 
@@ -177,8 +177,10 @@ def dev_ndcg10(head: Head, devs: list[DevQueries], device: torch.device) -> dict
         if dv.judgements is None:  # built once, moved to the training device once (not every epoch)
             dv.judgements = Judgements(dv.ids, dv.doc_ids, dv.qrels).to(device)
         j = dv.judgements
-        q = encode(head.encode_queries, dv.emb, device, what=f"{dv.dataset} dev queries")
-        d = encode(head.encode_docs, dv.docs, device, what=f"{dv.dataset} documents")
+        # not checked for finiteness here: a trial of the lr grid whose weights diverged scores 0 and is not chosen;
+        # the full evaluation (evaluate_head) of every measured epoch refuses non-finite output
+        q = encode(head.encode_queries, dv.emb, device)
+        d = encode(head.encode_docs, dv.docs, device)
         out[dv.dataset] = evaluate_embeddings(q, d, j, head.similarity, k=10).ndcg
     head.train(was_training)
     return out

@@ -237,11 +237,12 @@ class TrainRun:
 
     @property
     def last_trained_epoch(self) -> int:
-        """The last epoch training ran (0: none). A run merged from several units or seeds
+        """The last epoch training completed and scored (0: none). A run merged from several units or seeds
         (``TrainResult.merged``, ``runner.pooled_run``) holds only its selected epoch, which is epoch 0 when no
         trained epoch beat the untrained head on the dev split; it remembers its parts' last epochs in
         ``protocol["last_epochs"]``."""
-        return max([self.epochs[-1].epoch, *self.protocol.get("last_epochs", {}).values()])
+        scored = [e.epoch for e in self.epochs if e.epoch == 0 or e.ndcg10 or e.dev_ndcg10]  # not a stopped partial epoch
+        return max([*scored, *self.protocol.get("last_epochs", {}).values()] or [0])
 
     @property
     def trained(self) -> bool:

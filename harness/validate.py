@@ -71,12 +71,13 @@ def _forward(head, dim: int, where: str, name: str) -> None:
         except Exception as exc:
             raise SuiteError(f"{where}: head {name!r} raised on a forward pass ({mode} mode, 8 random {dim}-d vectors): "
                              f"{type(exc).__name__}: {exc}{raised_at(exc)}") from exc
-    _retrieval_path(head, q, d, where, name)
+    _retrieval_path(head, torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(d, dim=-1), where, name)
 
 
 def _retrieval_path(head, q, d, where: str, name: str) -> None:
-    """The head's retrieval path (encode_queries, encode_docs) in eval mode, twice: its vectors must be finite and
-    the same both times (what the ``reproducible`` check and every evaluation need)."""
+    """The head's retrieval path (encode_queries, encode_docs) in eval mode, twice, on unit-norm vectors (as the
+    encoders give): its vectors must be finite and the same both times (what the ``reproducible`` check and every
+    evaluation need)."""
     import torch
 
     from harness.files import raised_at

@@ -554,11 +554,20 @@ def test_a_verdict_on_heads_that_kept_different_epochs_names_each(bases):
     assert merged.kept_epochs == {"scifact": 2, "nfcorpus": 0} and merged.verdict_epoch() is None
     r = run_check("changes_ranking", candidate(merged.config, merged))
     assert not r.passed and r.epoch is None and r.message.startswith("changes_ranking FAILED: "), r.message
-    assert "at the epochs selected on the dev split (scifact 2, nfcorpus 0)" in r.message, r.message
+    assert "at the epochs the protocol kept (scifact 2, nfcorpus 0)" in r.message, r.message
     # heads that kept the same epoch: that epoch is named
     units["nfcorpus"].selected = 2
     r = run_check("changes_ranking", candidate(merged.config, TrainResult("per_dataset", units).merged()))
     assert r.epoch == 2 and "FAILED at epoch 2" in r.message, r.message
+
+
+def test_a_partial_epoch_stopped_by_a_non_finite_step_is_not_a_trained_epoch():
+    scored = EpochRecord(epoch=0, ndcg10={"scifact": 0.6}, dev_ndcg10={"scifact": 0.6})
+    run = TrainRun({}, "cos", [scored, EpochRecord(epoch=1, trace={"loss_total": [float("nan")]})], selected=0,
+                   stopped={"epoch": 1, "step": 0, "component": "loss_total", "value": float("nan")})
+    assert run.last_trained_epoch == 0 and not run.trained
+    merged = TrainResult("per_dataset", {"a": run, "b": run}).merged()
+    assert merged.last_trained_epoch == 0 and not merged.trained
 
 
 def test_changes_ranking_is_not_applicable_without_trainable_parameters(bases):

@@ -72,7 +72,7 @@ class Generalizes(BaseCheck):
         summary = "; ".join(text(ds) for ds in config["eval"])
         if kept := kept_epochs_text(run):
             summary += f"; judged at {kept}"
-        details = {"datasets": per, "judged_epoch": rec.epoch}
+        details = {"datasets": per, "judged_epoch": named_epoch(run, rec), "kept_epochs": getattr(run, "kept_epochs", {})}
         if failing:
             return self.failed(f"significantly worse than the frozen encoder on queries whose relevant documents were "
                                f"never training positives: {summary}", {d: per[d]["unseen"]["gain"] for d in failing},

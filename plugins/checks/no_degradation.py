@@ -57,11 +57,11 @@ class NoDegradation(BaseCheck):
             loss_note = (f"; the training loss on the probe pairs went {fmt(losses[0])} -> {fmt(losses[1])} over the same epochs"
                          if all(is_finite(x) for x in losses) else "")
             fix = None
-            if split == "dev" and run.selected == w["best_epoch"]:
-                fix = (f"the protocol already keeps the dev-best epoch ({w['best_epoch']}), so the fall is not in the head it "
-                       f"ships, but training past that epoch makes the head rank worse: remove the loss term that rewards "
-                       f"doing nothing (e.g. residual_l2) or that ignores ranking, regularise the head, or lower the "
-                       f"learning rate")
+            if split == "dev" and run.selected is not None:
+                shipped = ", so this fall is not in the head it ships" if run.selected == w["best_epoch"] else ""
+                fix = (f"the protocol already keeps the dev-best epoch ({run.selected}){shipped}; training past the peak "
+                       f"makes the head rank worse: remove the loss term that rewards doing nothing (e.g. residual_l2) or "
+                       f"that ignores ranking, regularise the head, or lower the learning rate")
             return self.failed(
                 f"{where} NDCG@10 fell {w['rel_drop']:.1%} from {w['best']:.4f} at epoch {w['best_epoch']} to "
                 f"{w['last']:.4f} at epoch {last.epoch} (epochs {nums[0]}-{nums[-1]}: {trail}; bound {max_rel_drop:.1%}, "
