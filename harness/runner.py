@@ -47,10 +47,9 @@ def pooled_run(runs: dict[int, Any]):
     return TrainRun(config={**first.config, "seeds": sorted(runs)}, similarity=first.similarity, epochs=[rec], selected=rec.epoch,
                     baseline_ndcg10=first.baseline_ndcg10, baseline_per_query_ndcg10=first.baseline_per_query_ndcg10,
                     baseline_rankme=first.baseline_rankme,
-                    protocol={"seeds": sorted(runs), "selected_epochs": {s: r.selected_epoch.epoch for s, r in runs.items()},
-                              "last_epochs": {s: r.last_trained_epoch for s, r in runs.items()},
-                              "kept_epochs": {f"seed {s}{' ' + u if u else ''}": e for s, r in runs.items()
-                                              for u, e in (r.kept_epochs or {"": r.selected_epoch.epoch}).items()}})
+                    protocol={"seeds": sorted(runs), "last_epochs": {s: r.last_trained_epoch for s, r in runs.items()},
+                              "selected_epochs": {f"seed {s}{' ' + u if u else ''}": e for s, r in runs.items()
+                                                  for u, e in (r.kept_epochs or {"": r.selected_epoch.epoch}).items()}})
 
 
 def _not_seen(o: Outcome) -> Outcome:

@@ -252,7 +252,7 @@ class TrainRun:
     def kept_epochs(self) -> dict[str, int]:
         """The epoch each part kept, for a run merged from units (``TrainResult.merged``: by unit) or seeds
         (``runner.pooled_run``: "seed N", or "seed N unit"); {} for the run of one unit on one seed."""
-        return dict(self.protocol.get("kept_epochs") or {})
+        return dict(self.protocol.get("selected_epochs") or {})
 
     def verdict_epoch(self) -> int | None:
         """The epoch a verdict on the kept head names: None when the merged parts kept different epochs (a
@@ -297,8 +297,7 @@ class TrainResult:
         merged = TrainRun(config=config, similarity=runs[0].similarity, epochs=[rec], selected=rec.epoch,
                           protocol={"mode": self.mode, "units": {n: r.protocol for n, r in self.units.items()},
                                     "selected_epochs": {n: r.selected_epoch.epoch for n, r in self.units.items()},
-                                    "last_epochs": {n: r.last_trained_epoch for n, r in self.units.items()},
-                                    "kept_epochs": {n: r.selected_epoch.epoch for n, r in self.units.items()}},
+                                    "last_epochs": {n: r.last_trained_epoch for n, r in self.units.items()}},
                           baseline_rankme=min(r.baseline_rankme for r in runs))
         for r in runs:
             sel = r.selected_epoch
