@@ -81,7 +81,7 @@ def bench(session):
     """The side-by-side benchmarks, each printing its ratios (docs/performance.md); name some to run only those,
     e.g. `nox -s bench -- encoder_vs_st`. zoo_speed needs a checkout of 6c28a94: $HARNESS_OLD_CHECKOUT, default
     /tmp/h6c, made with `git worktree add` when missing. Not run: benchmarks/phase_times.py, flap_study.py,
-    seed_stats.py, plot_speed.py and rankme_trajectory.py read reports of earlier gate runs; patience_study.py trains (minutes);
+    seed_stats.py, plot_speed.py, rankme_trajectory.py and dev_loss_study.py read reports of earlier gate runs; patience_study.py trains (minutes);
     workers_speed.py runs the smoke gate serially and with --workers auto (~16 min on 2 cores);
     cache_speed.py and encode_speed.py encode (minutes)."""
     unknown = [b for b in session.posargs if b not in BENCHMARKS]
