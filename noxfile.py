@@ -22,11 +22,18 @@ def install(session, *extras):
     session.env.update(HARNESS_DATA_DIR=DATA, HARNESS_CACHE_DIR=os.environ.get("HARNESS_CACHE_DIR", str(ROOT / ".cache")))
 
 
+# pytest-xdist, a file per worker (a module's fixtures train once): on a cold embedding cache one worker encodes
+# SciFact's corpus while another encodes NFCorpus's (the cache's locks keep each encode single) and the rest of the
+# suite runs beside them; benchmarks/pytest_workers_speed.py measures it against a serial run (docs/performance.md).
+PYTEST_WORKERS = ["-n", "auto", "--maxprocesses", "4", "--dist", "loadfile"]
+
+
 @nox.session
 def tests(session):
-    """Run the test suite (what CI runs); the 15 slowest tests are listed at the end, so a CI log shows where its time went."""
+    """Run the test suite (what CI runs) on up to 4 pytest-xdist workers, a test file each; the 15 slowest tests
+    are listed at the end, so a CI log shows where its time went. `nox -s tests -- -n 0` runs it serially."""
     install(session, "test")
-    session.run("pytest", "--durations=15", *session.posargs)
+    session.run("pytest", *PYTEST_WORKERS, "--durations=15", *session.posargs)
 
 
 @nox.session(default=False)
@@ -83,7 +90,8 @@ def bench(session):
     /tmp/h6c, made with `git worktree add` when missing. Not run: benchmarks/phase_times.py, flap_study.py,
     seed_stats.py, plot_speed.py, rankme_trajectory.py and dev_loss_study.py read reports of earlier gate runs; patience_study.py trains (minutes);
     workers_speed.py runs the smoke gate serially and with --workers auto (~16 min on 2 cores);
-    cache_speed.py and encode_speed.py encode (minutes)."""
+    cache_speed.py and encode_speed.py encode (minutes); pytest_workers_speed.py runs the test suite twice from an
+    empty cache (~20 min)."""
     unknown = [b for b in session.posargs if b not in BENCHMARKS]
     if unknown:
         session.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
