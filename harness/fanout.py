@@ -150,8 +150,12 @@ def _pool(jobs: list[tuple[str, int, CandidateGate]], workers: int, device: str 
             # Else the interpreter's exit joins the workers, which train on for minutes after "interrupted" (a
             # SIGTERM reaches the parent only). A stopped job leaves its run folder in the report folder that
             # the gate marks incomplete, and cache entries are written whole, under locks a dead process frees.
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.terminate()
+            terminate = getattr(pool, "terminate_workers", None)  # public from Python 3.14
+            if terminate is not None:
+                terminate()
+            else:  # older Pythons have no public way to stop a pool's running workers
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
         pool.shutdown(wait=finished, cancel_futures=not finished)
 
 
