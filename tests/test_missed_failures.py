@@ -1,6 +1,6 @@
 """The failures the gate once missed, each built from a head of our own, trained for real on SciFact (cached
 MiniLM embeddings) and judged by the real checks: a loss that turns NaN mid-training, a head that does nothing,
-and magnitude growth by one learnable scale under raw-dot InfoNCE."""
+magnitude growth by one learnable scale under raw-dot InfoNCE, and a head that collapses its documents on every seed."""
 import json
 import sys
 import types
@@ -132,6 +132,24 @@ class LearnableScale(Head):
         return self.scale * d
 
 
+class SqueezedDocuments(EvalDropout):
+    """A zero-initialised query residual, with every document pulled towards one direction u: d -> u + 0.05 (d - u).
+    Cosine ranks documents almost as the frozen encoder does, while their effective rank collapses (the issue's
+    head: RankMe 1.2 of the encoder's 269.5, a gain with p = 0.032 on seed 0 and losses on seeds 1 and 2)."""
+
+    def __init__(self, dim: int, shrink: float = 0.05):
+        super().__init__(dim)
+        u = torch.randn(dim, generator=torch.Generator().manual_seed(4321))
+        self.register_buffer("u", u / u.norm())
+        self.shrink = shrink
+
+    def encode_queries(self, q):
+        return q + self.w(q)
+
+    def encode_docs(self, d):
+        return self.u + self.shrink * (d - self.u)
+
+
 class RaisesInForward(LearnableScale):
     """A head whose query encoder raises once it trains (the untrained epoch-0 evaluation runs in eval mode)."""
 
@@ -159,6 +177,7 @@ def own_heads(monkeypatch):
         register("eval_dropout", EvalDropout)
         register("nan_documents", NanDocuments)
         register("learnable_scale", LearnableScale)
+        register("squeezed_documents", SqueezedDocuments)
         register("raises_in_forward", RaisesInForward)
         register("no_default_loss", NoDefaultLoss)
 
@@ -250,6 +269,21 @@ def test_steady_magnitude_growth_is_caught_before_the_ratio_bound(own_heads, dat
     verdict = judge("bounded_norms", run)  # the norm ratio alone (1.67x < 2x) would let it through at epoch 4
     assert not verdict.passed and verdict.epoch <= 4, (norms, verdict.message)
     assert "trend" in json.dumps(verdict.details), verdict.details  # the rising norms' fitted trend is reported
+
+
+def test_a_collapsed_head_is_caught_on_every_seed_while_it_ranks_like_the_encoder(own_heads, data_dir):
+    """One seed once accepted a head that maps every document to nearly one vector; its cosine ranking stays
+    close to the frozen encoder's, so NDCG@10 alone cannot tell. no_collapse is judged on every seed."""
+    from harness.train import TrainConfig, train
+
+    for seed in (0, 1, 2):
+        run = train(TrainConfig(head="squeezed_documents", epochs=2, lr=1e-3, data_dir=str(data_dir), seed=seed,
+                                **QUICK)).units["scifact"]
+        untrained = run.epochs[0]
+        assert untrained.top10_overlap["scifact"] > 0.9, untrained.top10_overlap  # it ranks like the encoder
+        verdict = judge("no_collapse", run)
+        assert not verdict.passed and verdict.measured < 0.2, (seed, verdict.message)  # 10% of the encoder's
+        assert "RankMe" in verdict.message, verdict.message
 
 
 def test_a_head_that_raises_is_named_with_its_file_line_and_plugin(own_heads, tmp_path):
